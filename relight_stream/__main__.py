@@ -1,0 +1,3 @@
+from relight_stream.cli import main
+
+main()

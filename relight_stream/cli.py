@@ -1,0 +1,326 @@
+"""The ``relight-stream`` command line: one click group, each command builds a config and calls ``run_<cmd>``.
+
+Precedence: dataclass defaults < ``--config FILE.yaml`` < the flags given here. Flags default to ``None`` so an
+absent flag never overrides the file. Every command's body lives in a library function (``run_generate(cfg,
+run)`` …) that tests and notebooks call directly; this module only parses. Nothing here imports torch or a
+Hugging Face library at import time, so ``--offline`` takes effect before the first HF import.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import os
+import sys
+from typing import Any, Callable
+
+import click
+
+from relight_stream import config as C
+
+log = logging.getLogger("relight_stream")
+
+# command -> "module:function"; a command whose module is not built yet exits 2 with "not implemented yet".
+ENTRY_POINTS: dict[str, str] = {
+    "filter": "relight_stream.pipeline.filter_run:run_filter",
+    "generate": "relight_stream.pipeline.recipes:run_generate",
+    "verify": "relight_stream.pipeline.verify:run_verify",
+    "cache-latents": "relight_stream.train.latents:run_cache_latents",
+    "train": "relight_stream.train.loop:run_train",
+    "infer": "relight_stream.train.infer:run_infer",
+    "bench": "relight_stream.bench.run:run_bench",
+    "build-engines": "relight_stream.engines.build:run_build_engines",
+    "demo": "relight_stream.demo:run_demo",
+}
+
+OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
+
+
+class NotImplementedYet(click.ClickException):
+    """A command whose stage is not built yet: exit code 2, never a fake success."""
+
+    exit_code = 2
+
+    def __init__(self, command: str, detail: str = "") -> None:
+        super().__init__(f"`relight-stream {command}` is not implemented yet{': ' + detail if detail else ''}")
+
+
+class RunError(click.ClickException):
+    """A bad run (config, inputs, unavailable backend): a clear message and exit code 2."""
+
+    exit_code = 2
+
+
+def resolve_entry(command: str) -> Callable[..., int]:
+    """Import the library function behind ``command``; raise :class:`NotImplementedYet` if it does not exist."""
+    module_name, func_name = ENTRY_POINTS[command].split(":")
+    if importlib.util.find_spec(module_name) is None:
+        raise NotImplementedYet(command, f"{module_name} does not exist")
+    func = getattr(importlib.import_module(module_name), func_name, None)
+    if func is None:
+        raise NotImplementedYet(command, f"{module_name}.{func_name} does not exist")
+    return func
+
+
+def apply_offline(offline: bool) -> None:
+    """Set the Hugging Face offline variables; must run before any HF library is imported."""
+    if not offline:
+        return
+    for var in OFFLINE_VARS:
+        os.environ[var] = "1"
+    loaded = [m for m in ("huggingface_hub", "transformers", "diffusers") if m in sys.modules]
+    if loaded:  # their constants are read at import; too late to change them for this process
+        log.warning("--offline set after %s was imported; offline mode may not apply to it", ", ".join(loaded))
+
+
+def _invoke(ctx: click.Context, command: str, cls: type, config_file: str | None, flags: dict[str, Any]) -> None:
+    run: C.RunConfig = ctx.obj
+    try:
+        cfg = C.load_config(cls, config_file, flags)
+    except ValueError as exc:
+        raise RunError(f"bad configuration: {exc}") from exc
+    func = resolve_entry(command)
+    try:
+        code = func(cfg, run)
+    except NotImplementedError as exc:
+        raise NotImplementedYet(command, str(exc)) from exc
+    except ValueError as exc:
+        raise RunError(str(exc)) from exc
+    ctx.exit(int(code or 0))
+
+
+def _inputs(values: tuple[str, ...]) -> list[str] | None:
+    return list(values) if values else None
+
+
+def _parse_mix(text: str | None) -> dict[str, float] | None:
+    if text is None:
+        return None
+    mix = {}
+    for part in text.split(","):
+        name, sep, weight = part.partition("=")
+        if not sep:
+            raise click.BadParameter(f"expected name=weight pairs like soft=0.5,shadow=0.5, got {part!r}")
+        try:
+            mix[name.strip()] = float(weight)
+        except ValueError:
+            raise click.BadParameter(f"weight of {name!r} is not a number: {weight!r}") from None
+    return mix
+
+
+def _parse_floats(text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(x) for x in text.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated numbers, got {text!r}") from None
+
+
+config_option = click.option(
+    "--config", "config_file", type=click.Path(dir_okay=False), default=None, help="YAML file overriding defaults."
+)
+dry_run_option = click.option("--dry-run", is_flag=True, default=None, help="Print the plan; write nothing.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.option("--seed", type=int, default=None, help="Global seed (data commands default to 0; train generates one).")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
+@click.option("--log-level", default="INFO", show_default=True, help="DEBUG | INFO | WARNING | ERROR")
+@click.option("--offline", is_flag=True, help="Never contact a model hub (HF_HUB_OFFLINE=1 before any HF import).")
+@click.version_option(package_name="relight-stream")
+@click.pass_context
+def cli(ctx: click.Context, seed: int | None, device: str, log_level: str, offline: bool) -> None:
+    """relight-stream: filter well-lit photos, generate relighting triplets, train and run InstructPix2Pix."""
+    from relight_stream.log import setup_logging
+
+    apply_offline(offline)
+    try:
+        setup_logging(log_level)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--log-level") from None
+    ctx.obj = C.RunConfig(seed=seed, device=device, log_level=log_level, offline=offline)
+
+
+@cli.command("filter")
+@click.argument("inputs", nargs=-1)
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Output directory.")
+@click.option("--scorer", type=click.Choice(["photometric", "clip", "combined"]), default=None)
+@click.option("--top", type=int, default=None, help="Keep the N best-lit images.")
+@click.option("--threshold", type=float, default=None, help="Keep images scoring at least T.")
+@click.option("--splits", default=None, help="Train,val,test fractions, e.g. 0.8,0.1,0.1 (seeded, disjoint).")
+@click.option("--from-scores", type=click.Path(dir_okay=False), default=None, help="Re-select from scores.parquet.")
+@dry_run_option
+@config_option
+@click.pass_context
+def filter_cmd(ctx, inputs, out, scorer, top, threshold, splits, from_scores, dry_run, config_file) -> None:
+    """Score the lighting of every input image and select the best-lit ones.
+
+    Reads INPUT... (folders, CSV/parquet lists with an image_path column, WebDataset tars). Writes to --out:
+    scores.parquet (every input with status and every score), selected.csv (image_path,lighting_score),
+    train/val/test.csv with --splits, a contact sheet, stats.json and config.yaml.
+    """
+    flags = dict(inputs=_inputs(inputs), out=out, scorer=scorer, top=top, threshold=threshold,
+                 splits=_parse_floats(splits), from_scores=from_scores, dry_run=dry_run)
+    _invoke(ctx, "filter", C.FilterConfig, config_file, flags)
+
+
+@cli.command("generate")
+@click.argument("inputs", nargs=-1)
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Output directory for the shards.")
+@click.option("--resolution", type=int, default=None, help="Square output side in pixels.")
+@click.option("--samples-per-shard", type=int, default=None)
+@click.option("--segmenter", type=click.Choice(["classical", "sam2"]), default=None)
+@click.option("--depth", type=click.Choice(["classical", "depth-anything", "dpt"]), default=None)
+@click.option("--mix", default=None, help="Degradation weights, e.g. soft=0.4,shadow=0.3,pattern=0.3")
+@click.option("--preview", type=int, default=None, help="Write preview.png for the first N samples.")
+@click.option("--consistency", is_flag=True, default=None, help="Also write (L1, L2, L1+L2) inputs.")
+@click.option("--overwrite", is_flag=True, default=None, help="Replace outputs made with another config/input.")
+@click.option("--fast-dev-run", is_flag=True, default=None, help="One batch of the first shard only.")
+@dry_run_option
+@config_option
+@click.pass_context
+def generate_cmd(ctx, inputs, out, resolution, samples_per_shard, segmenter, depth, mix, preview, consistency,
+                 overwrite, fast_dev_run, dry_run, config_file) -> None:
+    """Turn photos into relighting triplet shards.
+
+    Reads INPUT... (folders, CSV/parquet lists, WebDataset tars). Writes --out/shard-NNNNNN.tar (members
+    input.jpg, target.jpg, instruction.txt, meta.json and the artefacts mask.png, albedo.jpg, normals.png,
+    depth.npy, shading.jpg) each with its shard-NNNNNN.json record, plus stats.json and config.yaml.
+    Reruns skip finished shards.
+    """
+    flags = {
+        "inputs": _inputs(inputs), "out": out, "decode.resolution": resolution,
+        "shard.samples_per_shard": samples_per_shard, "segment.backend": segmenter, "geometry.backend": depth,
+        "relight.mix": _parse_mix(mix), "preview": preview, "relight.consistency": consistency,
+        "shard.overwrite": overwrite, "fast_dev_run": fast_dev_run, "dry_run": dry_run,
+    }
+    _invoke(ctx, "generate", C.GenerateConfig, config_file, flags)
+
+
+@cli.command("verify")
+@click.argument("out", type=click.Path(file_okay=False))
+@click.pass_context
+def verify_cmd(ctx, out) -> None:
+    """Check every shard in OUT against its record (hashes, counts, field set, keys) and that it loads.
+
+    Reads OUT/shard-*.tar and OUT/shard-*.json; writes nothing. Exits non-zero on any mismatch.
+    """
+    _invoke(ctx, "verify", C.VerifyConfig, None, {"out": out})
+
+
+@cli.command("cache-latents")
+@click.argument("shards", nargs=-1)
+@click.option("--out", type=click.Path(file_okay=False), default=None)
+@click.option("--model", default=None, help="tiny | sd15 | sdxl | HF id@revision | local folder")
+@click.option("--resolution", type=int, default=None)
+@config_option
+@click.pass_context
+def cache_latents_cmd(ctx, shards, out, model, resolution, config_file) -> None:
+    """Encode triplet shards once with the VAE and text encoder(s) for faster training.
+
+    Reads SHARDS... (generate's output). Writes latent shards (input/target latents, text embeddings) to --out.
+    """
+    flags = dict(shards=_inputs(shards), out=out, model=model, resolution=resolution)
+    _invoke(ctx, "cache-latents", C.CacheLatentsConfig, config_file, flags)
+
+
+@cli.command("train")
+@click.argument("shards", nargs=-1)
+@click.option("--out", type=click.Path(file_okay=False), default=None)
+@click.option("--model", default=None, help="tiny | sd15 | sdxl | HF id@revision | local folder")
+@click.option("--resolution", type=int, default=None)
+@click.option("--max-steps", type=int, default=None)
+@click.option("--batch-size", type=int, default=None)
+@click.option("--checkpoint-every", type=int, default=None)
+@click.option("--resume", default=None, help="latest | PATH to a checkpoint")
+@click.option("--fast-dev-run", is_flag=True, default=None, help="A few steps, no checkpoints: a smoke test.")
+@config_option
+@click.pass_context
+def train_cmd(ctx, shards, out, model, resolution, max_steps, batch_size, checkpoint_every, resume, fast_dev_run,
+              config_file) -> None:
+    """Fine-tune InstructPix2Pix (SD1.5 / SDXL / tiny) on triplet or latent shards.
+
+    Reads SHARDS... Writes --out/checkpoints/checkpoint-STEP (complete ones marked COMPLETE), --out/final (a
+    diffusers pipeline folder with a model card), stats.json and config.yaml. Works under torchrun and
+    accelerate launch.
+    """
+    flags = dict(shards=_inputs(shards), out=out, model=model, resolution=resolution, max_steps=max_steps,
+                 batch_size=batch_size, checkpoint_every=checkpoint_every, resume=resume, fast_dev_run=fast_dev_run)
+    _invoke(ctx, "train", C.TrainConfig, config_file, flags)
+
+
+@cli.command("infer")
+@click.option("--model", default=None, help="A trained pipeline folder (train's --out/final).")
+@click.option("--image", default=None, help="A photo or a folder of photos.")
+@click.option("--instruction", default=None, help="The lighting edit, e.g. 'light from the left, warm'.")
+@click.option("--out", default=None, help="Output image path (or folder for a folder of photos).")
+@click.option("--steps", type=int, default=None)
+@config_option
+@click.pass_context
+def infer_cmd(ctx, model, image, instruction, out, steps, config_file) -> None:
+    """Relight photos with a trained model, using the same preprocessing as training.
+
+    Reads --model and --image. Writes the relit image(s) and a comparison sheet to --out.
+    """
+    flags = dict(model=model, image=image, instruction=instruction, out=out, steps=steps)
+    _invoke(ctx, "infer", C.InferConfig, config_file, flags)
+
+
+@cli.command("bench")
+@click.argument("target", default="all")
+@click.option("--tiny", is_flag=True, default=None, help="Small sizes and tiny models (seconds).")
+@click.option("--json", "json_only", is_flag=True, default=False, help="Print only the JSON line.")
+@click.option("--compare", default=None, help="Two backends or configs side by side, e.g. eager,onnxruntime")
+@click.option("--out", default=None, help="Also save the JSON result to this file.")
+@config_option
+@click.pass_context
+def bench_cmd(ctx, target, tiny, json_only, compare, out, config_file) -> None:
+    """Measure throughput: TARGET in decode, kernels, albedo, filter, generate, train, engines, all.
+
+    Writes a table, then one JSON line (the last line of stdout); --out saves the JSON too.
+    """
+    if json_only:
+        os.environ["RELIGHT_BENCH_JSON_ONLY"] = "1"
+    flags = dict(target=target, tiny=tiny, compare=compare, out=out)
+    _invoke(ctx, "bench", C.BenchConfig, config_file, flags)
+
+
+@cli.command("build-engines")
+@click.option("--kind", default=None, help="clip | segmenter | depth | vae")
+@click.option("--flavor", default=None, help="tiny | ... (see the engine registry)")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Engine cache directory.")
+@click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default=None)
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default=None)
+@config_option
+@click.pass_context
+def build_engines_cmd(ctx, kind, flavor, out, backend, precision, config_file) -> None:
+    """Export a model to ONNX, check it against eager torch in onnxruntime, and build TensorRT plans.
+
+    Writes --out/<key>.onnx (and .plan for TensorRT) with a JSON sidecar describing the cache key.
+    """
+    flags = dict(kind=kind, flavor=flavor, out=out, backend=backend, precision=precision)
+    _invoke(ctx, "build-engines", C.BuildEnginesConfig, config_file, flags)
+
+
+@cli.command("demo")
+@click.option("--out", type=click.Path(file_okay=False), default=None, show_default="demo-out")
+@click.option("--num-images", type=int, default=None, help="How many of the bundled photos to use.")
+@click.pass_context
+def demo_cmd(ctx, out, num_images) -> None:
+    """Run the whole flow on photos that scikit-image ships (no downloads, CPU is fine).
+
+    Writes --out/inputs (the photos), and for every stage built so far its outputs (filter/, shards/, model/,
+    infer/), a preview PNG and summary.json listing where everything is.
+    """
+    _invoke(ctx, "demo", C.DemoConfig, None, dict(out=out, num_images=num_images))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    cli.main(args=argv, prog_name="relight-stream")
+
+
+if __name__ == "__main__":
+    main()

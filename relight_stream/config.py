@@ -1,0 +1,415 @@
+"""Configuration: one ``kw_only`` dataclass per stage, nested into one config per command.
+
+Precedence (timm's two-stage parser): dataclass defaults < ``--config FILE.yaml`` < explicit CLI flags.
+The YAML mirrors the nesting (``decode: {resolution: 1024}``); flags arrive as dotted keys
+(``{"decode.resolution": 1024}``). An unknown key or a value of the wrong type raises ``ValueError`` naming
+the key and the closest valid one, before any model loads or any output is written. The resolved config is
+written beside every output (``config.yaml``) with :func:`dump_config`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+# --------------------------------------------------------------------------------------------- stages
+
+
+@dataclass(kw_only=True, slots=True)
+class RunConfig:
+    """Options every command shares (the global CLI flags)."""
+
+    seed: int | None = None
+    """Global seed. Data commands default to 0 when unset; ``train`` generates, logs and stores one."""
+    device: str = "auto"
+    """``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``."""
+    log_level: str = "INFO"
+    offline: bool = False
+    """Never contact a model hub (sets ``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE`` before any HF import)."""
+
+
+@dataclass(kw_only=True, slots=True)
+class DecodeConfig:
+    """Decode and resize (``pipeline/decode.py``). Output: sRGB uint8 ``rgb_BHW3`` at ``resolution``²."""
+
+    backend: Literal["auto", "dali", "pil"] = "auto"
+    """``auto``: DALI for JPEG when installed (GPU ``mixed`` decode when CUDA is present), PIL otherwise."""
+    resolution: int = 512
+    """Output side in pixels; images are resized (short side) and centre-cropped to a square."""
+    resize: Literal["crop", "pad"] = "crop"
+    batch_size: int = 32
+    max_pixels: int = 89_478_485
+    """Images whose header claims more pixels are skipped as ``too_large`` before a full decode."""
+    min_size: int = 64
+    """Images with a side shorter than this are skipped as ``too_small``."""
+    max_aspect_ratio: float = 4.0
+    animated: Literal["first_frame", "skip"] = "first_frame"
+    allow_truncated: bool = False
+    """Opt-in: decode truncated files with the missing part filled (recorded as ``truncated_filled``)."""
+    icc: Literal["convert", "flag"] = "convert"
+    """Embedded ICC profiles are converted to sRGB (``convert``) or only recorded (``flag``)."""
+    background: tuple[int, int, int] = (128, 128, 128)
+    """sRGB colour alpha is composited onto: the neutral grey used everywhere (ARCHITECTURE.md §4)."""
+
+
+@dataclass(kw_only=True, slots=True)
+class ShardConfig:
+    """Triplet shard writing (``pipeline/shard.py``)."""
+
+    samples_per_shard: int = 256
+    jpeg_quality: int = 95
+    write_artifacts: bool = True
+    """Write mask/albedo/normals/depth/shading beside input/target/instruction/meta."""
+    overwrite: bool = False
+    """Discard existing outputs whose config or input fingerprint differs, instead of refusing to run."""
+    skip_bad_input_shards: bool = False
+    """Continue (exit 0) when an input tar is truncated; its samples before the cut are still written."""
+
+
+@dataclass(kw_only=True, slots=True)
+class SegmentConfig:
+    """Foreground segmentation (``pipeline/segment.py``)."""
+
+    backend: Literal["classical", "sam2"] = "classical"
+    flavor: str = "tiny"
+    weights: str | None = None
+    """Hugging Face id (``org/name@revision``) or local path; ``None`` = random weights (tiny only)."""
+    work_resolution: int = 256
+    min_area: float = 0.02
+    """Masks covering less than this fraction of the image are skipped as ``segment:empty_mask``."""
+    max_area: float = 0.98
+
+
+@dataclass(kw_only=True, slots=True)
+class GeometryConfig:
+    """Depth and normals (``pipeline/geometry.py``)."""
+
+    backend: Literal["classical", "depth-anything", "dpt"] = "classical"
+    flavor: str = "tiny"
+    weights: str | None = None
+    detail: float = 0.15
+    """Classical backend: weight of the luminance detail added to the inflated silhouette height field."""
+
+
+@dataclass(kw_only=True, slots=True)
+class AlbedoConfig:
+    """Intrinsic decomposition (``pipeline/albedo.py``)."""
+
+    method: Literal["retinex", "lab", "intrinsic"] = "retinex"
+    sigmas: tuple[float, ...] = (0.015, 0.08, 0.25)
+    """Retinex blur scales as fractions of the image side (the reference's 15/80/250 px at 1024²)."""
+
+
+@dataclass(kw_only=True, slots=True)
+class RelightConfig:
+    """Synthetic relighting (``pipeline/relight.py``): the degradation mix and its strength ranges."""
+
+    mix: dict[str, float] = field(
+        default_factory=lambda: {"soft": 0.3, "shadow": 0.2, "pattern": 0.2, "specular": 0.1, "sh": 0.1, "multi": 0.1}
+    )
+    ambient: tuple[float, float] = (0.05, 0.35)
+    consistency: bool = False
+    """Also write (L1, L2, L1+L2) inputs for the same target (light-transport consistency training)."""
+
+
+@dataclass(kw_only=True, slots=True)
+class InstructConfig:
+    """Instruction text (``pipeline/instruct.py``)."""
+
+    captions: str | None = None
+    """Optional CSV/JSONL of captions by key (e.g. VLM lighting keywords) appended to the instruction."""
+
+
+@dataclass(kw_only=True, slots=True)
+class ClipConfig:
+    """CLIP lighting scorer (``pipeline/clip_filter.py``)."""
+
+    model: str = "ViT-L-14"
+    pretrained: str | None = "openai"
+    backend: str = "auto"
+    batch_size: int = 64
+    head: str | None = None
+    """Optional linear head (``.npz`` with ``weight``/``bias``) applied to image embeddings."""
+
+
+# ------------------------------------------------------------------------------------------- commands
+
+
+@dataclass(kw_only=True, slots=True)
+class FilterConfig:
+    inputs: list[str] = field(default_factory=list)
+    out: str = ""
+    scorer: Literal["photometric", "clip", "combined"] = "photometric"
+    top: int | None = None
+    threshold: float | None = None
+    splits: tuple[float, ...] | None = None
+    from_scores: str | None = None
+    save_embeddings: bool = False
+    dry_run: bool = False
+    decode: DecodeConfig = field(default_factory=lambda: DecodeConfig(resolution=224))
+    clip: ClipConfig = field(default_factory=ClipConfig)
+
+    def __post_init__(self) -> None:
+        if self.top is not None and self.threshold is not None:
+            raise ValueError("filter: give --top or --threshold, not both")
+        if self.splits is not None and (len(self.splits) != 3 or abs(sum(self.splits) - 1) > 1e-6):
+            raise ValueError(f"filter: splits must be three fractions summing to 1, got {self.splits}")
+
+
+@dataclass(kw_only=True, slots=True)
+class GenerateConfig:
+    inputs: list[str] = field(default_factory=list)
+    out: str = ""
+    preview: int = 0
+    """Write a contact sheet of the first N samples (``preview.png``)."""
+    dry_run: bool = False
+    fast_dev_run: bool = False
+    """Process one batch of the first shard only (smoke test)."""
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    segment: SegmentConfig = field(default_factory=SegmentConfig)
+    geometry: GeometryConfig = field(default_factory=GeometryConfig)
+    albedo: AlbedoConfig = field(default_factory=AlbedoConfig)
+    relight: RelightConfig = field(default_factory=RelightConfig)
+    instruct: InstructConfig = field(default_factory=InstructConfig)
+    shard: ShardConfig = field(default_factory=ShardConfig)
+
+
+@dataclass(kw_only=True, slots=True)
+class VerifyConfig:
+    out: str = ""
+
+
+@dataclass(kw_only=True, slots=True)
+class TrainConfig:
+    shards: list[str] = field(default_factory=list)
+    out: str = ""
+    model: str = "tiny"
+    """``tiny`` (random weights), ``sd15``, ``sdxl``, a Hugging Face id (``id@revision``) or a local folder."""
+    resolution: int = 256
+    max_steps: int = 1000
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 5e-5
+    mixed_precision: Literal["no", "bf16", "fp16"] = "bf16"
+    ema: bool = True
+    ema_decay: float = 0.9999
+    compile: bool = False
+    gradient_checkpointing: bool = False
+    text_dropout: float = 0.05
+    image_dropout: float = 0.05
+    checkpoint_every: int = 500
+    checkpoints_total_limit: int | None = 3
+    validate_every: int = 0
+    resume: str | None = None
+    num_workers: int = 2
+    deterministic: bool = False
+    max_nonfinite_steps: int = 10
+    fast_dev_run: bool = False
+
+
+@dataclass(kw_only=True, slots=True)
+class CacheLatentsConfig:
+    shards: list[str] = field(default_factory=list)
+    out: str = ""
+    model: str = "tiny"
+    resolution: int = 256
+    batch_size: int = 16
+
+
+@dataclass(kw_only=True, slots=True)
+class InferConfig:
+    model: str = ""
+    image: str = ""
+    instruction: str = ""
+    out: str = ""
+    resolution: int = 512
+    steps: int = 20
+    guidance: float = 7.5
+    image_guidance: float = 1.5
+    segment: SegmentConfig = field(default_factory=SegmentConfig)
+
+
+@dataclass(kw_only=True, slots=True)
+class BenchConfig:
+    target: str = "all"
+    tiny: bool = False
+    compare: str | None = None
+    repeats: int = 5
+    warmup: int = 1
+    out: str | None = None
+
+
+@dataclass(kw_only=True, slots=True)
+class BuildEnginesConfig:
+    kind: str = "clip"
+    flavor: str = "tiny"
+    out: str = ""
+    backend: Literal["onnxruntime", "tensorrt"] = "onnxruntime"
+    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+    batch_size: int = 1
+    dynamic_batch: bool = True
+
+
+@dataclass(kw_only=True, slots=True)
+class DemoConfig:
+    out: str = "demo-out"
+    num_images: int = 8
+    resolution: int = 256
+
+
+# ------------------------------------------------------------------------------------------ machinery
+
+T = typing.TypeVar("T")
+
+
+def _closest(name: str, valid: list[str]) -> str:
+    match = difflib.get_close_matches(name, valid, n=1, cutoff=0.0)
+    return f"; did you mean {match[0]!r}?" if match else ""
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; convert lists to tuples and ints to floats."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ValueError as exc:
+                errors.append(str(exc))
+        raise ValueError(errors[0] if errors else f"{where}: bad value {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ValueError(f"{where}: {value!r} is not one of {list(args)}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ValueError(f"{where}: expected a mapping, got {type(value).__name__}")
+        return build_config(tp, value, prefix=f"{where}.")
+    if origin in (list, tuple):
+        if isinstance(value, str) or not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where}: expected a list, got {value!r}")
+        if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+            items = [_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+        elif origin is tuple and args:
+            if len(value) != len(args):
+                raise ValueError(f"{where}: expected {len(args)} items, got {len(value)}")
+            items = [_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args))]
+        else:
+            items = [_coerce(v, args[0], f"{where}[{i}]") if args else v for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else list(items)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{where}: expected a mapping, got {value!r}")
+        kt, vt = args if args else (Any, Any)
+        return {_coerce(k, kt, where): _coerce(v, vt, f"{where}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, (str, Path)):
+            raise ValueError(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def build_config(cls: type[T], values: dict[str, Any] | None = None, *, prefix: str = "") -> T:
+    """Build ``cls`` from a nested mapping, checking every key and type.
+
+    Raises:
+        ValueError: an unknown key (with the closest valid key) or a value of the wrong type.
+    """
+    values = dict(values or {})
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        if key not in names:
+            raise ValueError(f"unknown config key '{prefix}{key}'{_closest(key, names)}")
+        kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}")
+    return cls(**kwargs)
+
+
+def _unflatten(flat: dict[str, Any]) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for dotted, value in flat.items():
+        node = nested
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return nested
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> T:
+    """Defaults < YAML file < overrides (dotted keys; ``None`` values are ignored, i.e. "flag not given")."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ValueError(f"config file not found: {p}")
+        loaded = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"config file {p} must hold a mapping at the top level")
+        data = loaded
+    flags = {k: v for k, v in (overrides or {}).items() if v is not None}
+    return build_config(cls, _merge(data, _unflatten(flags)))
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain nested dict of a config (tuples become lists), suitable for YAML/JSON and hashing."""
+
+    def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {str(k): plain(x) for k, x in v.items()}
+        return v
+
+    return plain(cfg)
+
+
+def dump_config(cfg: Any, path: str | Path, *, run: RunConfig | None = None) -> None:
+    """Write the resolved config (and the global run options) as YAML, atomically."""
+    data = config_to_dict(cfg)
+    if run is not None:
+        data = {"run": config_to_dict(run), **data}
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+    tmp.replace(p)

@@ -1,0 +1,107 @@
+"""The stage contract (ARCHITECTURE.md §3).
+
+A stage declares the batch fields it ``reads`` and ``writes``; the runner checks them once when the pipeline
+is built. ``process`` must not raise for a bad sample: it drops it with a reason code. :func:`per_sample`
+runs a per-sample function under that rule, turning an exception into a ``failed`` record and a non-finite
+result into ``<stage>:nonfinite_output``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+import numpy as np
+
+from relight_stream.sample import SampleBatch
+
+log = logging.getLogger(__name__)
+
+
+class Stage:
+    """Base class of a pipeline stage.
+
+    Attributes:
+        name: Short name, also the prefix of this stage's drop reasons.
+        reads: Batch fields (array names, or ``keys``/``meta``) the stage needs.
+        writes: Batch fields the stage adds.
+    """
+
+    name: str = "stage"
+    reads: tuple[str, ...] = ()
+    writes: tuple[str, ...] = ()
+
+    def setup(self) -> None:
+        """Load models and allocate buffers; called once before the first batch."""
+
+    def process(self, batch: SampleBatch) -> SampleBatch:
+        raise NotImplementedError
+
+    def teardown(self) -> None:
+        """Release resources; called once after the last batch, also on errors."""
+
+    def describe(self) -> str:
+        """One line for ``--dry-run`` and the start-up log: backend, model, revision."""
+        return ""
+
+
+def check_pipeline(source_writes: tuple[str, ...], stages: list[Stage]) -> None:
+    """Check once that every stage's reads are produced upstream.
+
+    Raises:
+        ValueError: naming the stage and the missing field.
+    """
+    have = set(source_writes) | {"keys", "meta"}
+    for st in stages:
+        missing = [f for f in st.reads if f not in have]
+        if missing:
+            raise ValueError(f"stage {st.name!r} reads {missing} but nothing upstream writes them (have {sorted(have)})")
+        have |= set(st.writes)
+
+
+def describe_pipeline(source_name: str, source_writes: tuple[str, ...], stages: list[Stage]) -> str:
+    """Human-readable pipeline: one line per stage with its reads, writes and backend."""
+    lines = [f"  source  {source_name:<14} writes {', '.join(source_writes)}"]
+    for st in stages:
+        extra = st.describe()
+        lines.append(
+            f"  stage   {st.name:<14} reads {', '.join(st.reads) or '-'} -> writes {', '.join(st.writes) or '-'}"
+            + (f"  [{extra}]" if extra else "")
+        )
+    return "\n".join(lines)
+
+
+def is_finite(x: Any) -> bool:
+    """True when every element of a NumPy/CuPy/torch array is finite."""
+    mod = type(x).__module__
+    if mod.startswith("torch"):
+        import torch
+
+        return bool(torch.isfinite(x).all())
+    if mod.startswith("cupy"):
+        import cupy
+
+        return bool(cupy.isfinite(x).all())
+    return bool(np.isfinite(np.asarray(x)).all())
+
+
+def per_sample(stage: Stage, batch: SampleBatch, fn: Callable[[int], None], *, check: tuple[str, ...] = ()) -> None:
+    """Run ``fn(i)`` for every kept sample; an exception drops that sample as ``<stage>:error``.
+
+    Args:
+        stage: The calling stage (its name prefixes the reasons).
+        batch: The batch; ``fn`` writes its results into it.
+        fn: Work for one sample index.
+        check: Array names whose row ``i`` must be finite after ``fn``; otherwise ``<stage>:nonfinite_output``.
+    """
+    for i in list(batch.kept()):
+        try:
+            fn(i)
+        except Exception as exc:  # per-sample errors are recorded, never raised out of the hot loop
+            log.debug("stage %s failed on %s", stage.name, batch.keys[i], exc_info=True)
+            batch.drop(i, f"{stage.name}:error", failed=True, detail=f"{type(exc).__name__}: {exc}")
+            continue
+        for name in check:
+            if name in batch and not is_finite(batch[name][i]):
+                batch.drop(i, f"{stage.name}:nonfinite_output", failed=True, detail=name)
+                break
