@@ -87,6 +87,12 @@ def _invoke(ctx: click.Context, command: str, cls: type, config_file: str | None
         raise NotImplementedYet(command, str(exc)) from exc
     except ValueError as exc:
         raise RunError(str(exc)) from exc
+    except RuntimeError as exc:
+        from relight_stream.pipeline.runner import StageSetupError
+
+        if not isinstance(exc, StageSetupError):  # a stage whose model cannot load is a bad run, not a crash
+            raise
+        raise RunError(str(exc)) from exc
     ctx.exit(int(code or 0))
 
 
@@ -150,11 +156,16 @@ def cli(ctx: click.Context, seed: int | None, device: str, log_level: str, offli
 @click.option("--top", type=int, default=None, help="Keep the N best-lit images.")
 @click.option("--threshold", type=float, default=None, help="Keep images scoring at least T.")
 @click.option("--splits", default=None, help="Train,val,test fractions, e.g. 0.8,0.1,0.1 (seeded, disjoint).")
-@click.option("--from-scores", type=click.Path(dir_okay=False), default=None, help="Re-select from scores.parquet.")
+@click.option("--from-scores", type=click.Path(), default=None, help="Re-select from scores.parquet (or its folder).")
+@click.option("--clip-model", default=None, help="ViT-L-14 (default) | ViT-B-32 | tiny")
+@click.option("--clip-pretrained", default=None, help="openai | random | org/name@revision | local checkpoint")
+@click.option("--backend", default=None, help="CLIP engine backend: auto | eager | compile | onnxruntime | tensorrt")
+@click.option("--save-embeddings", is_flag=True, default=None, help="Also write embeddings.npy (CLIP scorers).")
 @dry_run_option
 @config_option
 @click.pass_context
-def filter_cmd(ctx, inputs, out, scorer, top, threshold, splits, from_scores, dry_run, config_file) -> None:
+def filter_cmd(ctx, inputs, out, scorer, top, threshold, splits, from_scores, clip_model, clip_pretrained, backend,
+               save_embeddings, dry_run, config_file) -> None:
     """Score the lighting of every input image and select the best-lit ones.
 
     Reads INPUT... (folders, CSV/parquet lists with an image_path column, WebDataset tars). Writes to --out:
@@ -162,7 +173,9 @@ def filter_cmd(ctx, inputs, out, scorer, top, threshold, splits, from_scores, dr
     train/val/test.csv with --splits, a contact sheet, stats.json and config.yaml.
     """
     flags = dict(inputs=_inputs(inputs), out=out, scorer=scorer, top=top, threshold=threshold,
-                 splits=_parse_floats(splits), from_scores=from_scores, dry_run=dry_run)
+                 splits=_parse_floats(splits), from_scores=from_scores, dry_run=dry_run,
+                 save_embeddings=save_embeddings)
+    flags.update({"clip.model": clip_model, "clip.pretrained": clip_pretrained, "clip.backend": backend})
     _invoke(ctx, "filter", C.FilterConfig, config_file, flags)
 
 
@@ -177,12 +190,14 @@ def filter_cmd(ctx, inputs, out, scorer, top, threshold, splits, from_scores, dr
 @click.option("--preview", type=int, default=None, help="Write preview.png for the first N samples.")
 @click.option("--consistency", is_flag=True, default=None, help="Also write (L1, L2, L1+L2) inputs.")
 @click.option("--overwrite", is_flag=True, default=None, help="Replace outputs made with another config/input.")
+@click.option("--decode-backend", type=click.Choice(["auto", "dali", "pil"]), default=None)
+@click.option("--skip-bad-input-shards", is_flag=True, default=None, help="Exit 0 although an input tar is truncated.")
 @click.option("--fast-dev-run", is_flag=True, default=None, help="One batch of the first shard only.")
 @dry_run_option
 @config_option
 @click.pass_context
 def generate_cmd(ctx, inputs, out, resolution, samples_per_shard, segmenter, depth, mix, preview, consistency,
-                 overwrite, fast_dev_run, dry_run, config_file) -> None:
+                 overwrite, decode_backend, skip_bad_input_shards, fast_dev_run, dry_run, config_file) -> None:
     """Turn photos into relighting triplet shards.
 
     Reads INPUT... (folders, CSV/parquet lists, WebDataset tars). Writes --out/shard-NNNNNN.tar (members
@@ -195,6 +210,7 @@ def generate_cmd(ctx, inputs, out, resolution, samples_per_shard, segmenter, dep
         "shard.samples_per_shard": samples_per_shard, "segment.backend": segmenter, "geometry.backend": depth,
         "relight.mix": _parse_mix(mix), "preview": preview, "relight.consistency": consistency,
         "shard.overwrite": overwrite, "fast_dev_run": fast_dev_run, "dry_run": dry_run,
+        "decode.backend": decode_backend, "shard.skip_bad_input_shards": skip_bad_input_shards,
     }
     _invoke(ctx, "generate", C.GenerateConfig, config_file, flags)
 

@@ -45,6 +45,8 @@ class DecodeConfig:
     """Output side in pixels; images are resized (short side) and centre-cropped to a square."""
     resize: Literal["crop", "pad"] = "crop"
     batch_size: int = 32
+    num_workers: int = 0
+    """Threads reading and CPU-decoding files (0: min(8, CPU count)); does not change the outputs."""
     max_pixels: int = 89_478_485
     """Images whose header claims more pixels are skipped as ``too_large`` before a full decode."""
     min_size: int = 64
@@ -81,7 +83,9 @@ class SegmentConfig:
     flavor: str = "tiny"
     weights: str | None = None
     """Hugging Face id (``org/name@revision``) or local path; ``None`` = random weights (tiny only)."""
-    work_resolution: int = 256
+    work_resolution: int = 128
+    """Side of the square the classical prior and GrabCut work at; the matte is refined at full resolution."""
+    grabcut_iters: int = 2
     min_area: float = 0.02
     """Masks covering less than this fraction of the image are skipped as ``segment:empty_mask``."""
     max_area: float = 0.98
@@ -96,6 +100,8 @@ class GeometryConfig:
     weights: str | None = None
     detail: float = 0.15
     """Classical backend: weight of the luminance detail added to the inflated silhouette height field."""
+    work_resolution: int = 512
+    """Normals are computed at most at this side and upsampled (they are smooth; 4x fewer pixels at 1024²)."""
 
 
 @dataclass(kw_only=True, slots=True)
@@ -105,6 +111,8 @@ class AlbedoConfig:
     method: Literal["retinex", "lab", "intrinsic"] = "retinex"
     sigmas: tuple[float, ...] = (0.015, 0.08, 0.25)
     """Retinex blur scales as fractions of the image side (the reference's 15/80/250 px at 1024²)."""
+    work_resolution: int = 512
+    """The (low-frequency) shading is estimated at most at this side; albedo = photo / upsampled shading."""
 
 
 @dataclass(kw_only=True, slots=True)
@@ -115,6 +123,11 @@ class RelightConfig:
         default_factory=lambda: {"soft": 0.3, "shadow": 0.2, "pattern": 0.2, "specular": 0.1, "sh": 0.1, "multi": 0.1}
     )
     ambient: tuple[float, float] = (0.05, 0.35)
+    work_resolution: int = 512
+    """The new shading is rendered at most at this side and upsampled; albedo x shading at full resolution."""
+    match_exposure: bool = True
+    """Scale the relit subject to the target's mean foreground luminance times a random 0.8–1.25, so inputs are
+    not systematically darker or brighter than targets (the edit is the light, not the exposure)."""
     consistency: bool = False
     """Also write (L1, L2, L1+L2) inputs for the same target (light-transport consistency training)."""
 
@@ -137,6 +150,10 @@ class ClipConfig:
     batch_size: int = 64
     head: str | None = None
     """Optional linear head (``.npz`` with ``weight``/``bias``) applied to image embeddings."""
+    prompts: str | None = None
+    """Optional YAML/JSON ``{group: [text, ...]}`` replacing the default prompt ensemble (needs a ``good`` group)."""
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """``auto``: bf16 on CUDA, fp32 on CPU."""
 
 
 # ------------------------------------------------------------------------------------------- commands
@@ -153,6 +170,10 @@ class FilterConfig:
     from_scores: str | None = None
     save_embeddings: bool = False
     dry_run: bool = False
+    contact_sheet: int = 8
+    """Thumbnails per row of ``contact_sheet.jpg`` (top, around the cut-off, bottom); 0 = none."""
+    subject: Literal["centre", "prior"] = "centre"
+    """Photometric subject weights: a centre Gaussian (free), or the Haar-face + saliency prior (~50 ms/image)."""
     decode: DecodeConfig = field(default_factory=lambda: DecodeConfig(resolution=224))
     clip: ClipConfig = field(default_factory=ClipConfig)
 
@@ -212,6 +233,15 @@ class TrainConfig:
     deterministic: bool = False
     max_nonfinite_steps: int = 10
     fast_dev_run: bool = False
+    log_every: int = 10
+    """Steps between metrics lines (step, loss, lr, grad_norm, samples/s, memory)."""
+    consistency: bool = False
+    """Light-transport consistency loss on shards with ``input_l1/l2/l12.jpg``."""
+    consistency_weight: float = 0.1
+    strict_resume: bool = False
+    """Refuse to resume when per-rank state is missing or the world size changed (else: loud warning)."""
+    max_grad_norm: float = 1.0
+    shuffle_buffer: int = 64
 
 
 @dataclass(kw_only=True, slots=True)
@@ -234,6 +264,8 @@ class InferConfig:
     guidance: float = 7.5
     image_guidance: float = 1.5
     segment: SegmentConfig = field(default_factory=SegmentConfig)
+    segment_input: bool = True
+    """Segment the photo and composite it on grey (as ``generate`` does); ``False``: use it as it is."""
 
 
 @dataclass(kw_only=True, slots=True)
@@ -244,6 +276,15 @@ class BenchConfig:
     repeats: int = 5
     warmup: int = 1
     out: str | None = None
+    backend: str = "auto"
+    """Backend the target benchmarks, interpreted by the target (engines: eager|compile|onnxruntime|tensorrt)."""
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    batch_sizes: list[int] = field(default_factory=list)
+    """Batch sweep; empty = the target's default."""
+    save: bool = False
+    """Save the JSON result under ``bench/results/`` (or ``out``)."""
+    json: bool = False
+    """Print only the final JSON line (no human tables)."""
 
 
 @dataclass(kw_only=True, slots=True)
@@ -254,7 +295,12 @@ class BuildEnginesConfig:
     backend: Literal["onnxruntime", "tensorrt"] = "onnxruntime"
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     batch_size: int = 1
+    """Fixed batch (``dynamic_batch=False``) or the TensorRT profile's optimal batch."""
     dynamic_batch: bool = True
+    max_batch: int = 32
+    """Largest batch of a dynamic TensorRT profile."""
+    weights: str | None = None
+    """``None`` (random, seeded), ``org/name@revision`` or a local path: exactly what ``create_engine`` receives."""
 
 
 @dataclass(kw_only=True, slots=True)
