@@ -287,19 +287,29 @@ def infer_cmd(ctx, model, image, instruction, out, steps, config_file) -> None:
 @cli.command("bench")
 @click.argument("target", default="all")
 @click.option("--tiny", is_flag=True, default=None, help="Small sizes and tiny models (seconds).")
-@click.option("--json", "json_only", is_flag=True, default=False, help="Print only the JSON line.")
+@click.option("--json", "json_only", is_flag=True, default=None, help="Print only the JSON line.")
 @click.option("--compare", default=None, help="Two backends or configs side by side, e.g. eager,onnxruntime")
+@click.option("--backend", default=None, help="Backend the target measures (engines: eager|compile|onnxruntime|tensorrt)")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default=None)
+@click.option("--batch-sizes", default=None, help="Batch sweep, e.g. 1,8,32")
+@click.option("--repeats", type=int, default=None)
+@click.option("--save", is_flag=True, default=None, help="Save the JSON result under bench/results/.")
 @click.option("--out", default=None, help="Also save the JSON result to this file.")
 @config_option
 @click.pass_context
-def bench_cmd(ctx, target, tiny, json_only, compare, out, config_file) -> None:
+def bench_cmd(ctx, target, tiny, json_only, compare, backend, precision, batch_sizes, repeats, save, out,
+              config_file) -> None:
     """Measure throughput: TARGET in decode, kernels, albedo, filter, generate, train, engines, all.
 
-    Writes a table, then one JSON line (the last line of stdout); --out saves the JSON too.
+    Reads nothing but the bundled photos and random-weight models. Writes a table, then one JSON line (the last
+    line of stdout); --out/--save also write the JSON result.
     """
-    if json_only:
-        os.environ["RELIGHT_BENCH_JSON_ONLY"] = "1"
-    flags = dict(target=target, tiny=tiny, compare=compare, out=out)
+    try:
+        sizes = [int(b) for b in batch_sizes.split(",")] if batch_sizes else None
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {batch_sizes!r}") from None
+    flags = dict(target=target, tiny=tiny, json=json_only, compare=compare, backend=backend, precision=precision,
+                 batch_sizes=sizes, repeats=repeats, save=save, out=out)
     _invoke(ctx, "bench", C.BenchConfig, config_file, flags)
 
 
@@ -309,14 +319,20 @@ def bench_cmd(ctx, target, tiny, json_only, compare, out, config_file) -> None:
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Engine cache directory.")
 @click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default=None)
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default=None)
+@click.option("--weights", default=None, help="org/name@revision or a local path (default: random, seeded)")
+@click.option("--batch-size", type=int, default=None)
+@click.option("--max-batch", type=int, default=None, help="Largest batch of a dynamic TensorRT profile.")
+@click.option("--fixed-batch", is_flag=True, default=None, help="Export with a fixed batch (default: dynamic).")
 @config_option
 @click.pass_context
-def build_engines_cmd(ctx, kind, flavor, out, backend, precision, config_file) -> None:
+def build_engines_cmd(ctx, kind, flavor, out, backend, precision, weights, batch_size, max_batch, fixed_batch,
+                      config_file) -> None:
     """Export a model to ONNX, check it against eager torch in onnxruntime, and build TensorRT plans.
 
     Writes --out/<key>.onnx (and .plan for TensorRT) with a JSON sidecar describing the cache key.
     """
-    flags = dict(kind=kind, flavor=flavor, out=out, backend=backend, precision=precision)
+    flags = dict(kind=kind, flavor=flavor, out=out, backend=backend, precision=precision, weights=weights,
+                 batch_size=batch_size, max_batch=max_batch, dynamic_batch=False if fixed_batch else None)
     _invoke(ctx, "build-engines", C.BuildEnginesConfig, config_file, flags)
 
 
