@@ -1,0 +1,221 @@
+"""``relight-stream bench generate``: images/s of ``generate`` end to end and per stage.
+
+Rows:
+
+* ``<stage>`` at ``resolution`` — one batch through each triplet stage (segment, geometry, albedo, relight,
+  instruct) with the classical backends, plus ``encode`` (every shard member, as the shard writer encodes them)
+  and ``decode`` (the JPEG inputs); median ms per batch and images/s.
+* ``e2e`` at ``resolution`` — :func:`relight_stream.pipeline.recipes.run_generate` over a folder of JPEGs (decode
+  in its background thread, the stages, shard writing with every artefact), wall-clock images/s after a warm-up
+  run on the same machine (``images_per_s`` over all inputs, ``ok_per_s`` over written triplets), and
+  ``speedup_vs_reference`` (per written triplet) against the reference pipeline's CPU cost per image
+  (FACTS.md §1: ≈ 2.3 s at 512², ≈ 16 s at 1024²; the target is ≥ 50x at 1024² on 2 CPU cores).
+  ``speedup_cpu_bound`` divides the reference time by the process CPU-seconds per triplet: what an idle machine
+  gives with no overlap at all, a lower bound that does not depend on other processes' load.
+
+Inputs are crops of scikit-image's real photos (people, animals, objects), so the segmenter's prior and GrabCut
+do their real work (:data:`PHOTOS`). ``--backend classical|neural|auto`` picks the segmenter and depth backends
+(:func:`resolve_models`). ``--tiny`` runs 64² and 96² with four images (a smoke run for tests). ``cpu_s_per_ok``
+(process CPU time, all threads, per written triplet) is reported beside wall-clock rates: on a shared machine it
+is the steadier figure.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from relight_stream.bench.timing import machine_info, measure
+from relight_stream.config import (
+    BenchConfig,
+    DecodeConfig,
+    GenerateConfig,
+    GeometryConfig,
+    RunConfig,
+    SegmentConfig,
+    ShardConfig,
+    config_to_dict,
+)
+from relight_stream.pipeline.geometry import NUM_THREADS
+from relight_stream.sample import SampleBatch
+
+log = logging.getLogger(__name__)
+
+REFERENCE_S_PER_IMAGE = {512: 2.3, 1024: 16.0}
+"""The reference pipeline's measured CPU cost per image on 2 cores (FACTS.md §1)."""
+TARGET_SPEEDUP = 50.0
+PHOTOS = ("astronaut", "coffee", "rocket", "retina", "camera", "horse", "logo", "chelsea")
+"""Portraits, objects, a silhouette and a logo (illustrations), and a close-up cat that the classical segmenter
+rightly skips (scattered fragments): one realistic skip in eight."""
+
+
+def bench_images(n: int, side: int) -> np.ndarray:
+    """``n`` square sRGB uint8 images: centre crops of scikit-image photos, mirrored and shifted for variety."""
+    import cv2
+    from skimage import data
+
+    out = []
+    for k in range(n):
+        name = PHOTOS[k % len(PHOTOS)]
+        try:
+            img = getattr(data, name)()
+        except Exception:  # a photo that needs a download (pooch) in this scikit-image: use another
+            img = data.astronaut()
+        if img.dtype == bool:
+            img = img.astype(np.uint8) * 255
+        if img.ndim == 2:
+            img = np.repeat(img[..., None], 3, axis=2)
+        if img.shape[2] == 4:  # RGBA: onto the neutral grey, as decode does
+            a = img[..., 3:].astype(np.float32) / 255.0
+            img = (img[..., :3] * a + 128 * (1 - a) + 0.5).astype(np.uint8)
+        h, w = img.shape[:2]
+        s = min(h, w)
+        dx = (w - s) // 2 + (k // len(PHOTOS)) * min(8, (w - s) // 4 + 1)
+        crop = img[(h - s) // 2 : (h - s) // 2 + s, dx : dx + s]
+        crop = crop[:, ::-1] if (k // len(PHOTOS)) % 2 else crop
+        out.append(cv2.resize(np.ascontiguousarray(crop), (side, side), interpolation=cv2.INTER_AREA))
+    return np.stack(out)
+
+
+def _stage_rows(images: np.ndarray, cfg: GenerateConfig, run: RunConfig, bench: BenchConfig) -> list[dict[str, Any]]:
+    import cv2
+
+    from relight_stream.pipeline import shard as S
+    from relight_stream.pipeline.triplet import build_triplet_stages
+
+    n, side = len(images), images.shape[1]
+    jpegs = [cv2.imencode(".jpg", img[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes() for img in images]
+    rows = []
+
+    def decode() -> None:
+        for b in jpegs:
+            cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR)
+
+    t = measure(decode, warmup=bench.warmup, repeats=bench.repeats, sync=False)
+    rows.append({"name": "decode", "resolution": side, "batch": n, "ms": round(t["median_ms"], 2),
+                 "images_per_s": round(1e3 * n / t["median_ms"], 2)})
+    stages = build_triplet_stages(cfg, run)
+    for st in stages:
+        st.setup()
+    batch = SampleBatch(keys=[f"bench/{i:04d}" for i in range(n)])
+    batch["rgb_BHW3"] = images
+    for st in stages:
+        snapshot = dict(batch.arrays), [dict(m) for m in batch.meta], batch.keep_B.copy(), list(batch.drop_reason)
+
+        def call(st=st, snapshot=snapshot) -> None:
+            batch.arrays, batch.meta = dict(snapshot[0]), [dict(m) for m in snapshot[1]]
+            batch.keep_B, batch.drop_reason = snapshot[2].copy(), list(snapshot[3])
+            st.process(batch)
+
+        t = measure(call, warmup=bench.warmup, repeats=bench.repeats, sync=True)
+        rows.append({"name": st.name, "resolution": side, "batch": n, "ms": round(t["median_ms"], 2),
+                     "images_per_s": round(1e3 * n / t["median_ms"], 2), "kept": batch.num_kept})
+    fields = S.output_fields(set(batch.arrays), write_artifacts=True)
+
+    def encode() -> None:
+        for i in batch.kept():
+            for f in fields:
+                S.MEMBERS[f][1](batch[f][i], cfg.shard.jpeg_quality)
+
+    t = measure(encode, warmup=bench.warmup, repeats=bench.repeats, sync=False)
+    kept = max(1, batch.num_kept)
+    rows.append({"name": "encode", "resolution": side, "batch": kept, "ms": round(t["median_ms"], 2),
+                 "images_per_s": round(1e3 * kept / t["median_ms"], 2)})
+    for st in stages:
+        st.teardown()
+    return rows
+
+
+def _e2e_row(images: np.ndarray, cfg: GenerateConfig, run: RunConfig) -> dict[str, Any]:
+    import cv2
+
+    from relight_stream.pipeline.recipes import run_generate
+
+    side = images.shape[1]
+    with tempfile.TemporaryDirectory(prefix="bench-generate-") as tmp:
+        src = Path(tmp) / "in"
+        src.mkdir()
+        for i, img in enumerate(images):
+            cv2.imwrite(str(src / f"img{i:04d}.jpg"), img[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])
+        walls = []
+        for k in range(2):  # run 0 warms caches (cascades, imports); run 1 is timed
+            c = GenerateConfig(**{**{f: getattr(cfg, f) for f in cfg.__slots__}, "inputs": [str(src)],
+                                  "out": str(Path(tmp) / f"out{k}")})
+            t0, c0 = time.perf_counter(), os.times()
+            code = run_generate(c, run)
+            c1 = os.times()
+            walls.append(time.perf_counter() - t0)
+            cpu = (c1.user - c0.user) + (c1.system - c0.system)
+            if code != 0:
+                raise RuntimeError(f"generate exited with {code} during the benchmark")
+        import json
+
+        stats = json.loads((Path(tmp) / "out1" / "stats.json").read_text())
+    wall = walls[-1]
+    ok = max(1, stats["ok"])
+    row = {"name": "e2e", "resolution": side, "batch": cfg.decode.batch_size, "images": len(images),
+           "ok": stats["ok"], "wall_s": round(wall, 3), "images_per_s": round(len(images) / wall, 2),
+           "ok_per_s": round(ok / wall, 2), "cpu_s_per_ok": round(cpu / ok, 4)}
+    ref = REFERENCE_S_PER_IMAGE.get(side)
+    if ref:
+        # Per *written* triplet (skipped inputs are cheaper, so images/s would flatter us).
+        row["speedup_vs_reference"] = round(ref * ok / wall, 1)
+        # Load-independent lower bound for an idle machine: every CPU-second spent serially (no overlap at all).
+        row["speedup_cpu_bound"] = round(ref / max(cpu / ok, 1e-9), 1)
+    return row
+
+
+def resolve_models(cfg: BenchConfig, run: RunConfig) -> dict[str, Any]:
+    """Stage configs for ``--backend``: ``classical`` (weight-free), ``neural`` (SAM2 + Depth Anything V2: ``tiny``
+    with ``--tiny``, else hiera-s and V2-S with random weights — the FLOPs of the real ones), ``auto`` = neural on
+    CUDA, classical otherwise."""
+    backend = cfg.backend
+    if backend == "auto":
+        import torch
+
+        backend = "neural" if torch.cuda.is_available() and run.device != "cpu" else "classical"
+    if backend == "classical":
+        return {}
+    if backend != "neural":
+        raise ValueError(f"bench generate: --backend must be auto, classical or neural, got {cfg.backend!r}")
+    seg, depth = ("tiny", "tiny") if cfg.tiny else ("hiera-s", "depth-anything-v2-s")
+    return {"segment": SegmentConfig(backend="sam2", flavor=seg),
+            "geometry": GeometryConfig(backend="depth-anything", flavor=depth)}
+
+
+def bench_generate(cfg: BenchConfig, run: RunConfig) -> dict[str, Any]:
+    """Per-stage and end-to-end throughput of ``generate`` with the classical (weight-free) backends."""
+    import cv2
+
+    cv2.setNumThreads(1)  # the stages spread samples over threads themselves
+    sizes = (64, 96) if cfg.tiny else (512, 1024)
+    num = 4 if cfg.tiny else 16
+    batch_size = (cfg.batch_sizes or [4 if cfg.tiny else 8])[0]
+    rows: list[dict[str, Any]] = []
+    summary: dict[str, Any] = {}
+    models = resolve_models(cfg, run)
+    for side in sizes:
+        gcfg = GenerateConfig(decode=DecodeConfig(resolution=side, batch_size=batch_size),
+                              shard=ShardConfig(samples_per_shard=num), **models)
+        images = bench_images(num, side)
+        rows += _stage_rows(images[:batch_size], gcfg, run, cfg)
+        e2e = _e2e_row(images, gcfg, run)
+        rows.append(e2e)
+        summary[f"e2e_images_per_s_{side}"] = e2e["images_per_s"]
+        if "speedup_vs_reference" in e2e:
+            summary[f"speedup_vs_reference_{side}"] = e2e["speedup_vs_reference"]
+            summary[f"speedup_cpu_bound_{side}"] = e2e["speedup_cpu_bound"]
+    top = max(sizes)
+    if f"speedup_vs_reference_{top}" in summary:
+        summary["target_speedup"] = TARGET_SPEEDUP
+        summary["meets_target"] = summary[f"speedup_vs_reference_{top}"] >= TARGET_SPEEDUP
+    summary["threads"] = NUM_THREADS
+    summary["backends"] = {k: config_to_dict(v) for k, v in models.items()} or "classical"
+    return {"target": "generate", "rows": rows, **summary, "machine": machine_info(),
+            "command": f"relight-stream bench generate{' --tiny' if cfg.tiny else ''} --backend {cfg.backend}"}

@@ -1,0 +1,128 @@
+"""Geometry stage: classical mask-inflation normals and the depth engine path (tiny random weights)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from relight_stream.config import GeometryConfig, RunConfig
+from relight_stream.pipeline.geometry import GeometryStage, depth_extent, normalise_depth
+from relight_stream.sample import SampleBatch
+
+
+def _disk_batch(n: int, *, radius: float = 0.3) -> SampleBatch:
+    mask = np.zeros((n, n), np.float32)
+    cv2.circle(mask, (n // 2, n // 2), int(radius * n), 1.0, -1)
+    rgb = np.full((n, n, 3), 150, np.uint8)
+    batch = SampleBatch(keys=["disk"])
+    batch["rgb_BHW3"], batch["mask_BHW"] = rgb[None], mask[None]
+    return batch
+
+
+def _run(batch: SampleBatch, **cfg) -> SampleBatch:
+    stage = GeometryStage(GeometryConfig(**cfg), RunConfig(device="cpu"))
+    stage.setup()
+    return stage.process(batch)
+
+
+def test_classical_normals_follow_the_camera_frame_convention() -> None:
+    n = 128
+    batch = _run(_disk_batch(n), detail=0.0)
+    assert batch.keep_B[0], batch.drop_reason
+    normals, depth, mask = batch["normals_BHW3"][0], batch["depth_BHW"][0], batch["mask_BHW"][0]
+    assert np.allclose(np.linalg.norm(normals, axis=-1), 1.0, atol=1e-3)
+    assert np.allclose(normals[mask < 0.5], [0, 0, 1])
+    c = n // 2
+    assert normals[c, c, 2] > 0.95, "the centre of an inflated disk faces the camera"
+    off = int(0.25 * n)
+    assert normals[c, c - off, 0] < -0.4, "the left rim points left (-x)"
+    assert normals[c, c + off, 0] > 0.4, "the right rim points right (+x)"
+    assert normals[c - off, c, 1] > 0.4, "the top rim points up (+y, rows run down)"
+    assert depth[mask < 0.5].max() == 0.0 and 0.95 < depth.max() <= 1.0
+    assert depth[c, c] > depth[c, c + off], "larger depth = nearer: the centre bulges toward the viewer"
+    assert batch.meta[0]["geometry"]["backend"] == "classical"
+    assert abs(batch.meta[0]["geometry"]["depth_scale"] - 0.3) < 0.03
+
+
+def test_classical_tilt_does_not_depend_on_resolution() -> None:
+    tilts = []
+    for n in (96, 192):
+        batch = _run(_disk_batch(n), detail=0.0, work_resolution=512)
+        nz = batch["normals_BHW3"][0][..., 2][batch["mask_BHW"][0] > 0.5]
+        tilts.append(np.degrees(np.arccos(np.clip(nz, -1, 1))).mean())
+    assert abs(tilts[0] - tilts[1]) < 3.0, tilts
+
+
+def test_work_resolution_matches_full_resolution() -> None:
+    full = _run(_disk_batch(256), detail=0.0, work_resolution=256)["normals_BHW3"][0]
+    half = _run(_disk_batch(256), detail=0.0, work_resolution=128)["normals_BHW3"][0]
+    inner = _disk_batch(256)["mask_BHW"][0]
+    inner = cv2.erode(inner, np.ones((9, 9), np.uint8)) > 0.5
+    ang = np.degrees(np.arccos(np.clip((full * half).sum(-1), -1, 1)))[inner]
+    assert np.median(ang) < 2.0 and np.percentile(ang, 95) < 8.0, (np.median(ang), np.percentile(ang, 95))
+
+
+def test_depth_engine_backend_runs_on_the_photo(photos) -> None:
+    pytest.importorskip("transformers")
+    import torch
+
+    torch.set_num_threads(1)
+    img = cv2.resize(photos["coffee"][:, 100:500], (64, 64), interpolation=cv2.INTER_AREA)
+    batch = _disk_batch(64)
+    batch["rgb_BHW3"] = img[None]
+    batch = _run(batch, backend="depth-anything", flavor="tiny")
+    assert batch.keep_B[0], (batch.drop_reason, batch.meta[0].get("drop_detail"))
+    normals, depth, mask = batch["normals_BHW3"][0], batch["depth_BHW"][0], batch["mask_BHW"][0]
+    assert np.allclose(np.linalg.norm(normals, axis=-1), 1.0, atol=1e-3)
+    inside = depth[mask > 0.5]
+    assert inside.min() >= 0.0 and inside.max() <= 1.0 and inside.max() - inside.min() > 0.5
+    rec = batch.meta[0]["geometry"]
+    assert rec["backend"] == "depth-anything" and rec["model"]["flavor"] == "tiny"
+
+
+def test_flat_depth_is_an_error_not_a_silent_plane() -> None:
+    with pytest.raises(ValueError):
+        normalise_depth(np.ones((32, 32), np.float32), np.ones((32, 32), np.float32))
+    assert depth_extent(np.zeros((32, 32), np.float32)) == pytest.approx(0.03)
+
+
+def test_flavor_names_are_expanded_per_backend() -> None:
+    assert GeometryStage(GeometryConfig(backend="dpt", flavor="hybrid")).engine_flavor == "midas-dpt-hybrid"
+    assert GeometryStage(GeometryConfig(backend="depth-anything", flavor="s")).engine_flavor == "depth-anything-v2-s"
+    with pytest.raises(ValueError):
+        GeometryStage(GeometryConfig(detail=2.0))
+
+
+def test_bad_engine_names_and_unpinned_weights_fail_before_any_model_loads() -> None:
+    from relight_stream.config import SegmentConfig
+    from relight_stream.pipeline.segment import SegmentStage
+
+    with pytest.raises(ValueError, match="flavor"):
+        GeometryStage(GeometryConfig(backend="dpt", flavor="gigantic"))
+    with pytest.raises(ValueError, match="revision"):
+        GeometryStage(GeometryConfig(backend="depth-anything", flavor="s",
+                                     weights="depth-anything/Depth-Anything-V2-Small-hf"))
+    with pytest.raises(ValueError, match="flavor"):
+        SegmentStage(SegmentConfig(backend="sam2", flavor="hiera-xxl"))
+
+
+def test_threaded_per_sample_records_errors_and_nonfinite_outputs_in_order() -> None:
+    from relight_stream.pipeline.geometry import per_sample_threaded
+    from relight_stream.pipeline.stage import Stage
+
+    class Probe(Stage):
+        name = "probe"
+
+    batch = SampleBatch(keys=[f"k{i}" for i in range(4)])
+    batch["out_B"] = np.zeros(4, np.float32)
+
+    def fn(i: int) -> None:
+        if i == 1:
+            raise RuntimeError("boom")
+        batch["out_B"][i] = np.nan if i == 2 else float(i)
+
+    per_sample_threaded(Probe(), batch, fn, check=("out_B",))
+    assert batch.drop_reason == [None, "probe:error", "probe:nonfinite_output", None]
+    assert batch.status(1) == "failed" and "boom" in batch.meta[1]["drop_detail"]
+    assert batch["out_B"][3] == 3.0
