@@ -42,7 +42,7 @@ from relight_stream.config import (
     ShardConfig,
     config_to_dict,
 )
-from relight_stream.pipeline.geometry import NUM_THREADS
+from relight_stream.pipeline.stage import NUM_THREADS
 from relight_stream.sample import SampleBatch
 
 log = logging.getLogger(__name__)

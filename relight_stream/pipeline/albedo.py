@@ -22,8 +22,8 @@ from relight_stream.kernels.color import srgb_to_linear
 from relight_stream.kernels.filters import downsample
 from relight_stream.kernels.retinex import METHODS, estimate_albedo
 from relight_stream.kernels.xp import get_xp, to_device
-from relight_stream.pipeline.geometry import kernel_array, per_sample_threaded, upsample_to, work_factor
-from relight_stream.pipeline.stage import Stage
+from relight_stream.pipeline.geometry import kernel_array, upsample_to, work_factor
+from relight_stream.pipeline.stage import Stage, per_sample
 from relight_stream.sample import SampleBatch
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,6 @@ class AlbedoStage(Stage):
                 albedo[i] = albedo_from_shading(lin, upsample_to(s_small[..., 0], (H, W), f), mask[i])
             batch.meta[i]["albedo"] = {"method": self.cfg.method, **{k: list(v) for k, v in kwargs.items()}}
 
-        per_sample_threaded(self, batch, one, check=("albedo_BHW3",))
+        per_sample(self, batch, one, check=("albedo_BHW3",), parallel=True)
         return batch
 

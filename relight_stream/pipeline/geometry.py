@@ -13,17 +13,14 @@ Backends:
   normalised over the foreground and turned into normals by :func:`kernels.normals.normals_from_depth`.
 
 Normals are computed at most at ``work_resolution`` and upsampled (they are smooth). This module also holds the
-helpers the other generate stages share: the per-sample thread pool (:func:`per_sample_threaded`), the
+helpers the other generate stages share: the
 reduced-resolution factor (:func:`work_factor`, :func:`upsample_to`) and the engine/kernel array adapters.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -32,14 +29,11 @@ from relight_stream.kernels.color import srgb_to_linear
 from relight_stream.kernels.filters import downsample, resize_bilinear
 from relight_stream.kernels.normals import normals_from_depth, normals_from_mask
 from relight_stream.kernels.xp import asnumpy, get_xp, has_cupy
-from relight_stream.pipeline.stage import Stage, is_finite, per_sample
+from relight_stream.pipeline.stage import Stage, per_sample
 from relight_stream.sample import SampleBatch
 
 log = logging.getLogger(__name__)
 
-NUM_THREADS = int(os.environ.get("RELIGHT_THREADS", 0)) or max(
-    1, len(os.sched_getaffinity(0)) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
-"""Sample threads per process: ``RELIGHT_THREADS``, else the usable cores shared among the node's ranks."""
 ENGINE_FLAVOR_PREFIX = {"classical": "", "depth-anything": "depth-anything-v2", "dpt": "midas-dpt"}
 
 
@@ -99,54 +93,6 @@ def renormalise(n: Any) -> Any:
     xp = get_xp(n)
     sq = xp.einsum("...i,...i->...", n, n) if xp is np else (n * n).sum(-1)
     return n * (1.0 / xp.sqrt(xp.maximum(sq, np.float32(1e-12))))[..., None]
-
-
-_POOL: tuple[int, ThreadPoolExecutor] | None = None
-_POOL_LOCK = threading.Lock()
-
-
-def _pool() -> ThreadPoolExecutor:
-    """The process's sample pool, created once: its threads (and their per-thread caches, e.g. the Haar
-    cascades) live as long as the process. A forked child (whose copy has no threads) gets its own."""
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None or _POOL[0] != os.getpid():
-            _POOL = (os.getpid(), ThreadPoolExecutor(NUM_THREADS, thread_name_prefix="relight-sample"))
-        return _POOL[1]
-
-
-def per_sample_threaded(stage: Stage, batch: SampleBatch, fn: Callable[[int], None], *,
-                        check: tuple[str, ...] = ()) -> None:
-    """:func:`~relight_stream.pipeline.stage.per_sample` with the samples spread over a thread pool.
-
-    The heavy work (OpenCV, NumPy on whole images) releases the GIL, so a batch uses every core; ``fn(i)``
-    writes only row ``i`` of preallocated arrays and ``meta[i]``. Drops are applied afterwards in index order, so
-    the outcome does not depend on scheduling. The pool has :data:`NUM_THREADS` threads.
-    """
-    idx = list(batch.kept())
-    workers = min(len(idx), NUM_THREADS)
-    if workers <= 1:
-        per_sample(stage, batch, fn, check=check)
-        return
-    errors: dict[int, BaseException] = {}
-
-    def run(i: int) -> None:
-        try:
-            fn(i)
-        except Exception as exc:  # recorded per sample below, never raised out of the batch
-            errors[i] = exc
-
-    list(_pool().map(run, idx))
-    for i in idx:
-        if i in errors:
-            exc = errors[i]
-            log.debug("stage %s failed on %s: %r", stage.name, batch.keys[i], exc)
-            batch.drop(i, f"{stage.name}:error", failed=True, detail=f"{type(exc).__name__}: {exc}")
-            continue
-        for name in check:
-            if name in batch and not is_finite(batch[name][i]):
-                batch.drop(i, f"{stage.name}:nonfinite_output", failed=True, detail=name)
-                break
 
 
 def depth_extent(mask_hw: np.ndarray, *, work: int = 128) -> float:
@@ -258,7 +204,7 @@ class GeometryStage(Stage):
                 "detail": self.cfg.detail if raw is None else None,
             }
 
-        per_sample_threaded(self, batch, one, check=("depth_BHW", "normals_BHW3"))
+        per_sample(self, batch, one, check=("depth_BHW", "normals_BHW3"), parallel=True)
         return batch
 
     def _run_engine(self, batch: SampleBatch, rgb: np.ndarray) -> np.ndarray | None:

@@ -34,8 +34,8 @@ from relight_stream.kernels.lights import DEGRADATIONS, combine_lights, sample_r
 from relight_stream.kernels.render import composite, render_shading
 from relight_stream.kernels.xp import get_xp, to_device
 from relight_stream.keys import sample_rng, sample_seed
-from relight_stream.pipeline.geometry import kernel_array, per_sample_threaded, upsample_to, work_factor
-from relight_stream.pipeline.stage import Stage
+from relight_stream.pipeline.geometry import kernel_array, upsample_to, work_factor
+from relight_stream.pipeline.stage import Stage, per_sample
 from relight_stream.sample import SampleBatch
 
 log = logging.getLogger(__name__)
@@ -146,6 +146,6 @@ class RelightStage(Stage):
             out["input_BHW3"][i] = encode_input(relit, mask[i])
             batch.meta[i]["relight"] = rec
 
-        per_sample_threaded(self, batch, one, check=("shading_BHW3",))
+        per_sample(self, batch, one, check=("shading_BHW3",), parallel=True)
         return batch
 

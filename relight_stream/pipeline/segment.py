@@ -26,8 +26,8 @@ import numpy as np
 
 from relight_stream.config import RunConfig, SegmentConfig
 from relight_stream.kernels.xp import asnumpy
-from relight_stream.pipeline.geometry import check_engine_args, engine_images, per_sample_threaded
-from relight_stream.pipeline.stage import Stage
+from relight_stream.pipeline.geometry import check_engine_args, engine_images
+from relight_stream.pipeline.stage import Stage, per_sample
 from relight_stream.pipeline.subject_prior import subject_prior
 from relight_stream.sample import SampleBatch
 
@@ -186,7 +186,7 @@ class SegmentStage(Stage):
         def prior_of(i: int) -> None:
             priors[i] = subject_prior(rgb[i], work=self.cfg.work_resolution, cascades=cascades)
 
-        per_sample_threaded(self, batch, prior_of)
+        per_sample(self, batch, prior_of, parallel=True)
         if self.cfg.backend == "sam2":
             try:
                 self._sam2(batch, rgb, priors)
@@ -195,10 +195,10 @@ class SegmentStage(Stage):
                 for i in list(batch.kept()):
                     batch.drop(i, "segment:error", failed=True, detail=f"{type(exc).__name__}: {exc}")
         else:
-            per_sample_threaded(self, batch, lambda i: self._classical(batch, rgb[i], priors[i], i),
-                                check=self.writes)
+            per_sample(self, batch, lambda i: self._classical(batch, rgb[i], priors[i], i), check=self.writes,
+                       parallel=True)
         verdicts: dict[int, tuple[str | None, dict[str, float]]] = {}
-        per_sample_threaded(self, batch, lambda i: verdicts.__setitem__(i, plausibility(masks[i], self.cfg)))
+        per_sample(self, batch, lambda i: verdicts.__setitem__(i, plausibility(masks[i], self.cfg)), parallel=True)
         for i in list(batch.kept()):
             code, info = verdicts[i]
             batch.meta[i].setdefault("segment", {}).update(info)

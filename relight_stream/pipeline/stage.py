@@ -9,6 +9,9 @@ result into ``<stage>:nonfinite_output``.
 from __future__ import annotations
 
 import logging
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 import numpy as np
@@ -16,6 +19,13 @@ import numpy as np
 from relight_stream.sample import SampleBatch
 
 log = logging.getLogger(__name__)
+
+NUM_THREADS = int(os.environ.get("RELIGHT_THREADS", 0)) or max(
+    1, len(os.sched_getaffinity(0)) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+"""Sample threads per process: ``RELIGHT_THREADS``, else the usable cores shared among the node's ranks."""
+
+_POOL: tuple[int, ThreadPoolExecutor] | None = None
+_POOL_LOCK = threading.Lock()
 
 
 class Stage:
@@ -85,20 +95,48 @@ def is_finite(x: Any) -> bool:
     return bool(np.isfinite(np.asarray(x)).all())
 
 
-def per_sample(stage: Stage, batch: SampleBatch, fn: Callable[[int], None], *, check: tuple[str, ...] = ()) -> None:
+def _pool() -> ThreadPoolExecutor:
+    """The process's sample pool, created once: its threads (and their per-thread caches, e.g. the Haar
+    cascades) live as long as the process. A forked child (whose copy has no threads) gets its own."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None or _POOL[0] != os.getpid():
+            _POOL = (os.getpid(), ThreadPoolExecutor(NUM_THREADS, thread_name_prefix="relight-sample"))
+        return _POOL[1]
+
+
+def per_sample(stage: Stage, batch: SampleBatch, fn: Callable[[int], None], *, check: tuple[str, ...] = (),
+               parallel: bool = False) -> None:
     """Run ``fn(i)`` for every kept sample; an exception drops that sample as ``<stage>:error``.
 
     Args:
         stage: The calling stage (its name prefixes the reasons).
         batch: The batch; ``fn`` writes its results into it.
-        fn: Work for one sample index.
+        fn: Work for one sample index. With ``parallel`` it must write only row ``i`` of preallocated arrays
+            and ``meta[i]``.
         check: Array names whose row ``i`` must be finite after ``fn``; otherwise ``<stage>:nonfinite_output``.
+        parallel: Spread the samples over the process's thread pool (:data:`NUM_THREADS` threads). The heavy work
+            (OpenCV, NumPy on whole images) releases the GIL, so a batch uses every core. Drops are applied
+            afterwards in index order, so the outcome does not depend on scheduling.
     """
-    for i in list(batch.kept()):
+    idx = list(batch.kept())
+    errors: dict[int, BaseException] = {}
+
+    def run(i: int) -> None:
         try:
             fn(i)
-        except Exception as exc:  # per-sample errors are recorded, never raised out of the hot loop
-            log.debug("stage %s failed on %s", stage.name, batch.keys[i], exc_info=True)
+        except Exception as exc:  # per-sample errors are recorded below, never raised out of the hot loop
+            errors[i] = exc
+
+    if parallel and min(len(idx), NUM_THREADS) > 1:
+        list(_pool().map(run, idx))
+    else:
+        for i in idx:
+            run(i)
+    for i in idx:
+        if i in errors:
+            exc = errors[i]
+            log.debug("stage %s failed on %s: %r", stage.name, batch.keys[i], exc)
             batch.drop(i, f"{stage.name}:error", failed=True, detail=f"{type(exc).__name__}: {exc}")
             continue
         for name in check:

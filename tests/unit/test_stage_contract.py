@@ -51,6 +51,35 @@ def test_per_sample_records_errors_and_nonfinite():
     assert batch.num_kept == 1
 
 
+def test_parallel_per_sample_records_in_index_order(monkeypatch):
+    import relight_stream.pipeline.stage as stage_mod
+
+    monkeypatch.setattr(stage_mod, "NUM_THREADS", 3)
+    monkeypatch.setattr(stage_mod, "_POOL", None)
+    batch = SampleBatch(keys=[f"k{i}" for i in range(6)])
+    batch["x_B"] = np.array([1.0, -1.0, 4.0, 9.0, -2.0, 16.0])
+    batch.drop(3, "decode:truncated")
+
+    class ParallelSquare(Square):
+        def process(self, batch):
+            batch["y_B"] = np.zeros(len(batch))
+
+            def one(i):
+                if batch["x_B"][i] < 0:
+                    raise ArithmeticError(f"negative {i}")
+                batch["y_B"][i] = np.nan if batch["x_B"][i] == 4 else np.sqrt(batch["x_B"][i])
+
+            per_sample(self, batch, one, check=("y_B",), parallel=True)
+            return batch
+
+    ParallelSquare().process(batch)
+    assert stage_mod._POOL is not None  # the pool was used
+    assert batch.drop_reason == [None, "square:error", "square:nonfinite_output", "decode:truncated", "square:error",
+                                 None]
+    assert "negative 4" in batch.meta[4]["drop_detail"]
+    assert batch["y_B"].tolist()[5] == 4.0 and batch["y_B"][3] == 0
+
+
 def test_drop_counter_rate_limits(caplog):
     counter = DropCounter(every=10, logger=logging.getLogger("t"))
     with caplog.at_level(logging.WARNING, logger="t"):

@@ -105,24 +105,3 @@ def test_bad_engine_names_and_unpinned_weights_fail_before_any_model_loads() -> 
                                      weights="depth-anything/Depth-Anything-V2-Small-hf"))
     with pytest.raises(ValueError, match="flavor"):
         SegmentStage(SegmentConfig(backend="sam2", flavor="hiera-xxl"))
-
-
-def test_threaded_per_sample_records_errors_and_nonfinite_outputs_in_order() -> None:
-    from relight_stream.pipeline.geometry import per_sample_threaded
-    from relight_stream.pipeline.stage import Stage
-
-    class Probe(Stage):
-        name = "probe"
-
-    batch = SampleBatch(keys=[f"k{i}" for i in range(4)])
-    batch["out_B"] = np.zeros(4, np.float32)
-
-    def fn(i: int) -> None:
-        if i == 1:
-            raise RuntimeError("boom")
-        batch["out_B"][i] = np.nan if i == 2 else float(i)
-
-    per_sample_threaded(Probe(), batch, fn, check=("out_B",))
-    assert batch.drop_reason == [None, "probe:error", "probe:nonfinite_output", None]
-    assert batch.status(1) == "failed" and "boom" in batch.meta[1]["drop_detail"]
-    assert batch["out_B"][3] == 3.0
