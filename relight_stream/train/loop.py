@@ -1,0 +1,253 @@
+"""``relight-stream train``: InstructPix2Pix fine-tuning with accelerate, streaming the generated shards.
+
+Reads triplet shards (or ``cache-latents`` shards) and a base model (``model.py``). Writes under ``OUT``:
+``config.yaml`` (resolved config + seed), ``checkpoints/checkpoint-<step>/`` (``checkpoint.py``),
+``validation/step-<step>.jpg`` grids, ``final/`` (a diffusers pipeline folder with a model card) and
+``stats.json``. One metrics line every ``log_every`` steps: step, loss, lr, grad_norm, samples/s, memory.
+
+Reliability (RELIABILITY.md E1–E8): atomic checkpoints with a ``COMPLETE`` marker, pruned after commit;
+``--resume latest`` restores model, optimizer, scheduler, EMA, RNGs and data position; a step whose loss or
+gradient norm is not finite is skipped and counted (no checkpoint while a streak lasts) and the run aborts after
+``max_nonfinite_steps`` in a row; SIGTERM is all-reduced and every rank saves at the same step boundary, then
+the process exits with 143 (requeue); a missing seed is generated, logged and stored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import secrets
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from relight_stream.config import RunConfig, TrainConfig, config_to_dict, dump_config
+from relight_stream.keys import sample_seed
+from relight_stream.train import checkpoint as ckpt
+from relight_stream.train.data import ShardStream, make_loader, read_cache_info, resolve_shards, shard_format
+from relight_stream.train.model import ALIASES, TINY_FLAVORS, load_model, null_text, resolve_source
+from relight_stream.train.setup import EXIT_NONFINITE, EXIT_SIGTERM, build_setup, memory_mb
+
+log = logging.getLogger(__name__)
+
+
+class _Stop:
+    """SIGTERM/SIGINT flag, acted on at the next step boundary."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.signum = signal.SIGTERM
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> "_Stop":
+        if threading.current_thread() is not threading.main_thread():
+            log.warning("train is not running in the main thread: SIGTERM will not checkpoint")
+            return self
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        log.warning("received signal %d: will checkpoint at the next step boundary and exit", signum)
+        self.requested, self.signum = True, signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _check(cfg: TrainConfig) -> tuple[list[str], str]:
+    """Validate the run before any model loads (bad run -> ValueError)."""
+    if not cfg.out:
+        raise ValueError("train: --out is required")
+    for name in ("max_steps", "batch_size", "grad_accum", "checkpoint_every", "log_every"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"train: {name} must be >= 1")
+    if cfg.model not in TINY_FLAVORS:
+        resolve_source(cfg.model)  # an unknown model name fails here, before anything loads
+    multiple = 64 if cfg.model in ALIASES else 8  # SD's latent side (res / 8) must survive 3 UNet downsamplings
+    if cfg.resolution % multiple:
+        raise ValueError(f"train: --resolution {cfg.resolution} must be a multiple of {multiple} for {cfg.model}")
+    shards = resolve_shards(cfg.shards)
+    fmt = shard_format(shards[0])
+    info = read_cache_info(shards) if fmt == "latents" else None
+    if info is not None:
+        if info.get("model") != cfg.model:
+            raise ValueError(f"latent cache was made with --model {info.get('model')!r}, not {cfg.model!r}")
+        if info.get("resolution") != cfg.resolution:
+            raise ValueError(f"latent cache is at {info.get('resolution')}², not --resolution {cfg.resolution}")
+    if cfg.consistency and fmt == "latents":
+        raise ValueError("--consistency needs image shards with input_l1/l2/l12 (latent caches do not keep them)")
+    return shards, fmt
+
+
+def run_train(cfg: TrainConfig, run: RunConfig) -> int:
+    """Train; returns 0, 128 + signal (143 for SIGTERM: checkpointed, requeue) or ``EXIT_NONFINITE`` (3)."""
+    shards, fmt = _check(cfg)
+    out = Path(cfg.out)
+    resume_path = ckpt.find_resume(cfg.resume, out / "checkpoints")
+    if cfg.fast_dev_run:  # a smoke test: two steps, every metrics line, no checkpoints or validation
+        cfg = dataclasses.replace(cfg, max_steps=2, validate_every=0, log_every=1)
+    from accelerate import Accelerator
+
+    use_cpu = run.device == "cpu" or not torch.cuda.is_available()
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=use_cpu)
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    try:
+        return _train(cfg, run, accelerator, shards=shards, fmt=fmt, resume_path=resume_path, use_cpu=use_cpu)
+    finally:
+        accelerator.end_training()
+        torch.use_deterministic_algorithms(was_deterministic)
+        if accelerator.num_processes == 1:  # let a later run in this process choose other settings
+            from accelerate.state import AcceleratorState, GradientState
+
+            AcceleratorState._reset_state()
+            GradientState._reset_state()
+
+
+def _train(cfg: TrainConfig, run: RunConfig, accelerator: Any, *, shards: list[str], fmt: str,
+           resume_path: Path | None, use_cpu: bool) -> int:
+    from accelerate.utils import broadcast_object_list, set_seed
+
+    out = Path(cfg.out)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    seed = [run.seed if run.seed is not None else secrets.randbelow(2**31)]
+    if world > 1:
+        broadcast_object_list(seed)
+    seed = int(seed[0])
+    if resume_path is not None:
+        stored = json.loads((resume_path / "train_state.json").read_text())["seed"]
+        if run.seed is not None and run.seed != stored:
+            log.warning("--seed %d ignored: resuming a run seeded with %d", run.seed, stored)
+        seed = stored
+    log.info("seed %d%s", seed, " (generated)" if run.seed is None and resume_path is None else "")
+    set_seed(seed)
+    if cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    if accelerator.is_main_process:
+        ckpt.clean_stale(out / "checkpoints")
+        dump_config(cfg, out / "config.yaml", run=RunConfig(seed=seed, device=run.device, log_level=run.log_level,
+                                                             offline=run.offline))
+    model = load_model(cfg.model, seed=seed)
+    multiple = model.vae_scale * 2 ** (len(model.unet.config.block_out_channels) - 1)
+    if cfg.resolution % multiple:
+        raise ValueError(f"train: --resolution {cfg.resolution} must be a multiple of {multiple} for {cfg.model}")
+    s = build_setup(cfg, model, accelerator, seed=seed, fmt=fmt)
+
+    gen = torch.Generator(device=accelerator.device).manual_seed(sample_seed(seed, f"rank{rank}", "train") >> 1)
+    step, data_pos, batches_done, counters = 0, {}, 0, {"nonfinite_total": 0}
+    if resume_path is not None:
+        state, rank_state = ckpt.load_checkpoint(accelerator, resume_path, world=world, num_workers=cfg.num_workers,
+                                                 strict=cfg.strict_resume)
+        step, counters = int(state["step"]), dict(state.get("counters", counters))
+        if "generator" in rank_state:
+            gen.set_state(rank_state["generator"])
+        data_pos = {int(k): int(v) for k, v in rank_state.get("data_pos", {}).items()}
+        batches_done = int(rank_state.get("batches_done", 0)) if data_pos else 0
+    s.null_embeds, s.null_pooled = null_text(model, accelerator.device)
+    loss_fn = s.make_loss()
+    stream = ShardStream(shards, batch_size=cfg.batch_size, resolution=cfg.resolution, seed=seed, rank=rank,
+                         world=world, fmt=fmt, consistency=cfg.consistency, shuffle_buffer=cfg.shuffle_buffer,
+                         start=data_pos, start_batch=batches_done)
+    batches = iter(make_loader(stream, num_workers=cfg.num_workers, pin_memory=not use_cpu))
+
+    def save(at: int) -> None:
+        train_state = {"step": at, "seed": seed, "world_size": world, "num_workers": cfg.num_workers,
+                       "counters": counters, "model": cfg.model, "resolution": cfg.resolution}
+        ckpt.save_checkpoint(accelerator, out / "checkpoints", at, train_state=train_state,
+                             rank_state={"generator": gen.get_state(), "data_pos": dict(data_pos),
+                                         "batches_done": batches_done},
+                             total_limit=cfg.checkpoints_total_limit)
+
+    losses: list[float] = []
+    streak, exit_code, last_saved = 0, 0, -1
+    loss_acc = torch.zeros((), device=accelerator.device)
+    n_acc, t_log, steps_log, t0, start_step = 0, time.perf_counter(), 0, time.perf_counter(), step
+    with _Stop() as stop:
+        while step < cfg.max_steps:
+            bad = torch.zeros((), dtype=torch.bool, device=accelerator.device)
+            for micro in range(cfg.grad_accum):
+                batch = next(batches)
+                data_pos[batch["worker"]] = batch["raw_pos"]
+                batches_done += 1
+                sync = micro == cfg.grad_accum - 1
+                with contextlib.nullcontext() if sync else accelerator.no_sync(s.unet):
+                    inp = loss_fn.prepare(batch, accelerator.device, gen)
+                    with accelerator.autocast():
+                        loss, diff = loss_fn(s.unet, inp)
+                    bad |= ~torch.isfinite(loss.detach())
+                    accelerator.backward(loss / cfg.grad_accum)
+            grad_norm = accelerator.clip_grad_norm_(s.params, cfg.max_grad_norm)
+            if cfg.mixed_precision != "fp16":  # under fp16 the grad scaler handles overflowing gradients itself
+                bad |= ~torch.isfinite(grad_norm.to(bad.device))
+            flags = torch.stack([bad.float(), torch.tensor(float(stop.requested), device=bad.device)])
+            nonfinite, stop_now = (accelerator.reduce(flags, "max") if world > 1 else flags).tolist()
+            step += 1
+            if nonfinite:
+                s.optimizer.zero_grad(set_to_none=True)
+                streak += 1
+                counters["nonfinite_total"] += 1
+                log.warning("step %d: non-finite loss/grad (%d in a row, %d total): skipped; this rank's last "
+                            "batch: %s", step, streak, counters["nonfinite_total"], ",".join(batch["keys"][:8]))
+                if streak >= cfg.max_nonfinite_steps:
+                    log.error("aborting: %d non-finite steps in a row (max_nonfinite_steps)", streak)
+                    exit_code = EXIT_NONFINITE
+                    break
+            else:
+                streak = 0
+                s.optimizer.step()
+                s.lr_scheduler.step()
+                s.optimizer.zero_grad(set_to_none=True)
+                if s.ema is not None:
+                    s.ema.step(s.params)
+                loss_acc += diff.detach().float()
+                n_acc += 1
+            steps_log += 1
+            if step % cfg.log_every == 0 or step == cfg.max_steps:
+                mean_loss = (accelerator.reduce(loss_acc, "mean") / max(n_acc, 1)).item() if n_acc else float("nan")
+                losses.append(mean_loss)
+                dt = time.perf_counter() - t_log
+                sps = steps_log * cfg.batch_size * cfg.grad_accum * world / max(dt, 1e-9)
+                if accelerator.is_main_process:
+                    log.info("step=%d loss=%.5f lr=%.3g grad_norm=%.4g samples/s=%.1f mem_mb=%.0f nonfinite=%d",
+                             step, mean_loss, s.lr_scheduler.get_last_lr()[0], float(grad_norm), sps, memory_mb(),
+                             counters["nonfinite_total"])
+                loss_acc.zero_()
+                n_acc, t_log, steps_log = 0, time.perf_counter(), 0
+            can_save = streak == 0 and not cfg.fast_dev_run
+            if stop_now:
+                if can_save:
+                    save(step)
+                    last_saved = step
+                else:
+                    log.warning("stopping without a checkpoint (non-finite streak or --fast-dev-run)")
+                exit_code = 128 + int(stop.signum) if stop.requested else EXIT_SIGTERM  # another rank's signal
+                break
+            if can_save and (step % cfg.checkpoint_every == 0 or step == cfg.max_steps):
+                save(step)
+                last_saved = step
+            if cfg.validate_every and step % cfg.validate_every == 0:
+                s.validate(step, out)
+    elapsed = time.perf_counter() - t0
+    if exit_code == 0 and accelerator.is_main_process:
+        s.save_final(out / "final", shards=shards, losses=losses, counters=counters, seed=seed, step=step)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        done = step - start_step
+        stats = {"exit_code": exit_code, "step": step, "steps_this_run": done, "seconds": round(elapsed, 3),
+                 "samples_per_s": done * cfg.batch_size * cfg.grad_accum * world / max(elapsed, 1e-9),
+                 "losses": losses, "seed": seed, "world_size": world, "format": fmt, "last_checkpoint": last_saved,
+                 **counters, "config": config_to_dict(cfg)}
+        (out / "stats.json").write_text(json.dumps(stats, indent=1))
+        log.info("train done: exit %d, step %d, %.1f samples/s, %d non-finite steps skipped", exit_code, step,
+                 stats["samples_per_s"], counters["nonfinite_total"])
+    return exit_code

@@ -1,0 +1,66 @@
+"""Checkpoint writing: a crash during a save never costs the previous good checkpoint (RELIABILITY.md E1, E2)."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+
+from relight_stream.train import checkpoint as ckpt
+
+
+@pytest.fixture
+def accelerator():
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    acc = Accelerator(cpu=True)
+    yield acc
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
+
+
+def _state(step: int) -> dict:
+    return {"step": step, "seed": 1, "world_size": 1, "num_workers": 0}
+
+
+def test_crash_during_save_keeps_previous_checkpoint_and_resume_restores(accelerator, tmp_path, caplog):
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters())
+    model, opt = accelerator.prepare(model, opt)
+    root = tmp_path / "checkpoints"
+    ckpt.save_checkpoint(accelerator, root, 1, train_state=_state(1), rank_state={"data_pos": {0: 5}}, total_limit=1)
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    with pytest.raises(Exception):  # the per-rank state cannot be pickled: the save dies half-way
+        ckpt.save_checkpoint(accelerator, root, 2, train_state=_state(2), rank_state={"bad": lambda: 0},
+                             total_limit=1)
+    assert (root / ".tmp-checkpoint-2").is_dir()  # the interrupted save stays a temporary folder
+    with caplog.at_level(logging.WARNING):
+        assert ckpt.find_resume("latest", root) == root / "checkpoint-1"  # not pruned by the failed save
+    assert ".tmp-checkpoint-2" in caplog.text
+
+    train_state, rank_state = ckpt.load_checkpoint(accelerator, root / "checkpoint-1", world=1, num_workers=0)
+    assert train_state["step"] == 1 and rank_state["data_pos"] == {0: 5}
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in saved.items())
+
+    ckpt.clean_stale(root)
+    ckpt.save_checkpoint(accelerator, root, 3, train_state=_state(3), rank_state={}, total_limit=1)
+    assert [p.name for p in sorted(root.iterdir())] == ["checkpoint-3"]  # pruned only after the commit
+    assert json.loads((root / "checkpoint-3" / "train_state.json").read_text())["step"] == 3
+
+
+def test_resume_with_changed_workers_warns_or_refuses(accelerator, tmp_path, caplog):
+    accelerator.prepare(torch.nn.Linear(2, 2))
+    root = tmp_path / "checkpoints"
+    path = ckpt.save_checkpoint(accelerator, root, 4, train_state=_state(4), rank_state={"data_pos": {0: 3}},
+                                total_limit=None)
+    with caplog.at_level(logging.WARNING):
+        _, rank_state = ckpt.load_checkpoint(accelerator, path, world=1, num_workers=2)
+    assert "num_workers 0 -> 2" in caplog.text and "data_pos" not in rank_state  # the data order restarts
+    with pytest.raises(ValueError, match="strict resume"):
+        ckpt.load_checkpoint(accelerator, path, world=1, num_workers=2, strict=True)
