@@ -251,11 +251,14 @@ def cache_latents_cmd(ctx, shards, out, model, resolution, config_file) -> None:
 @click.option("--batch-size", type=int, default=None)
 @click.option("--checkpoint-every", type=int, default=None)
 @click.option("--resume", default=None, help="latest | PATH to a checkpoint")
+@click.option("--mixed-precision", type=click.Choice(["no", "bf16", "fp16"]), default=None)
+@click.option("--consistency", is_flag=True, default=None, help="Light-transport consistency loss (input_l1/l2/l12).")
+@click.option("--compile", "compile_", is_flag=True, default=None, help="torch.compile the UNet blocks.")
 @click.option("--fast-dev-run", is_flag=True, default=None, help="A few steps, no checkpoints: a smoke test.")
 @config_option
 @click.pass_context
-def train_cmd(ctx, shards, out, model, resolution, max_steps, batch_size, checkpoint_every, resume, fast_dev_run,
-              config_file) -> None:
+def train_cmd(ctx, shards, out, model, resolution, max_steps, batch_size, checkpoint_every, resume, mixed_precision,
+              consistency, compile_, fast_dev_run, config_file) -> None:
     """Fine-tune InstructPix2Pix (SD1.5 / SDXL / tiny) on triplet or latent shards.
 
     Reads SHARDS... Writes --out/checkpoints/checkpoint-STEP (complete ones marked COMPLETE), --out/final (a
@@ -263,7 +266,8 @@ def train_cmd(ctx, shards, out, model, resolution, max_steps, batch_size, checkp
     accelerate launch.
     """
     flags = dict(shards=_inputs(shards), out=out, model=model, resolution=resolution, max_steps=max_steps,
-                 batch_size=batch_size, checkpoint_every=checkpoint_every, resume=resume, fast_dev_run=fast_dev_run)
+                 batch_size=batch_size, checkpoint_every=checkpoint_every, resume=resume, fast_dev_run=fast_dev_run,
+                 mixed_precision=mixed_precision, consistency=consistency, compile=compile_)
     _invoke(ctx, "train", C.TrainConfig, config_file, flags)
 
 
@@ -273,14 +277,21 @@ def train_cmd(ctx, shards, out, model, resolution, max_steps, batch_size, checkp
 @click.option("--instruction", default=None, help="The lighting edit, e.g. 'light from the left, warm'.")
 @click.option("--out", default=None, help="Output image path (or folder for a folder of photos).")
 @click.option("--steps", type=int, default=None)
+@click.option("--resolution", type=int, default=None)
+@click.option("--guidance", type=float, default=None, help="Text guidance scale.")
+@click.option("--image-guidance", type=float, default=None, help="Image guidance scale.")
+@click.option("--segment/--no-segment", "segment_input", default=None,
+              help="Composite the segmented subject on grey, as generate does (default).")
 @config_option
 @click.pass_context
-def infer_cmd(ctx, model, image, instruction, out, steps, config_file) -> None:
+def infer_cmd(ctx, model, image, instruction, out, steps, resolution, guidance, image_guidance, segment_input,
+              config_file) -> None:
     """Relight photos with a trained model, using the same preprocessing as training.
 
     Reads --model and --image. Writes the relit image(s) and a comparison sheet to --out.
     """
-    flags = dict(model=model, image=image, instruction=instruction, out=out, steps=steps)
+    flags = dict(model=model, image=image, instruction=instruction, out=out, steps=steps, resolution=resolution,
+                 guidance=guidance, image_guidance=image_guidance, segment_input=segment_input)
     _invoke(ctx, "infer", C.InferConfig, config_file, flags)
 
 

@@ -1,8 +1,10 @@
 """Box-prompted segmentation engine: SAM 2.1 (the ``sam2`` package, built from its own Hydra YAML configs).
 
 Reads images ``[B,3,H,W]`` float sRGB in [0,1] and one box per image ``[B,4]`` (x0, y0, x1, y1 in pixels of that
-image). The image is resized (square, as SAM2's own transform does) to the model's side and normalised with
-ImageNet mean/std inside the ``image_encoder`` part; the box is scaled to that frame. Writes mask probabilities
+image), optionally with point prompts ``[B,N,2]`` (x, y in pixels; labels ``[B,N]``: 1 subject, 0 background,
+-1 padding) alongside the box — eager and compile backends only (the exported decoder graphs take the box alone).
+The image is resized (square, as SAM2's own transform does) to the model's side and normalised with ImageNet
+mean/std inside the ``image_encoder`` part; box and points are scaled to that frame. Writes mask probabilities
 ``[B,H,W]`` fp32 in [0,1] at the input resolution (sigmoid of the decoder's low-res logits, bilinearly upsampled).
 
 Two parts, exported separately: ``image_encoder`` (pixels -> image embedding + two high-res feature maps, with
@@ -131,9 +133,13 @@ class _MaskDecoder(torch.nn.Module):
         self.prompt_encoder = model.sam_prompt_encoder
         self.mask_decoder = model.sam_mask_decoder
 
-    def forward(self, embed: Any, feat_s0: Any, feat_s1: Any, boxes: Any) -> Any:
+    def forward(self, embed: Any, feat_s0: Any, feat_s1: Any, boxes: Any, points: Any = None,
+                point_labels: Any = None) -> Any:
         coords = boxes.reshape(-1, 2, 2)
         labels = torch.tensor([[2, 3]], dtype=torch.int32, device=boxes.device).expand(coords.shape[0], 2)
+        if points is not None:  # SAM's order: clicks first, then the box corners (labels 2, 3)
+            coords = torch.cat([points.to(coords.dtype), coords], dim=1)
+            labels = torch.cat([point_labels.to(torch.int32), labels], dim=1)
         sparse, dense = self.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
         logits, _iou, _tokens, _obj = self.mask_decoder(
             image_embeddings=embed,
@@ -148,22 +154,47 @@ class _MaskDecoder(torch.nn.Module):
 
 
 class SegmenterEngine:
-    """``engine(images [B,3,H,W], boxes [B,4]) -> [B,H,W]`` mask probabilities in [0,1]."""
+    """``engine(images [B,3,H,W], boxes [B,4], points=None, labels=None) -> [B,H,W]`` mask probabilities in [0,1].
+
+    Attributes:
+        supports_points: Whether point prompts can be passed (the decoder runs in PyTorch: eager/compile).
+    """
 
     def __init__(self, spec: EngineSpec, runners: dict[str, Any], built: BuiltModel, device: Any) -> None:
         self.spec, self.device, self.input_size = spec, device, spec.input_size
         self._encoder, self._decoder = runners["image_encoder"], runners["mask_decoder"]
+        self.supports_points = isinstance(getattr(self._decoder, "module", None), _MaskDecoder)
 
-    def __call__(self, images: Any, boxes: Any) -> Any:
+    def __call__(self, images: Any, boxes: Any, points: Any = None, labels: Any = None) -> Any:
         x = check_images(images).to(self.device)
         b, _, h, w = x.shape
         boxes = torch.as_tensor(boxes, dtype=torch.float32, device=self.device)
         if boxes.shape != (b, 4):
             raise ValueError(f"boxes: expected shape [{b},4] (x0,y0,x1,y1 in pixels), got {tuple(boxes.shape)}")
         scale = torch.tensor([w, h, w, h], dtype=torch.float32, device=self.device)
+        pts = self._check_points(points, labels, b) if points is not None else None
         feats = self._encoder(resize_square(x, self.input_size))
-        logits = self._decoder(*feats, boxes / scale * self.input_size)[0]
+        boxes = boxes / scale * self.input_size
+        if pts is None:
+            logits = self._decoder(*feats, boxes)[0]
+        else:
+            runner = self._decoder  # eager/compile runner: call its module with the extra prompt inputs
+            with torch.inference_mode():
+                args = runner._prepare((*feats, boxes, pts[0] / scale[:2] * self.input_size))
+                logits = runner.module(*args, pts[1])[0].float()
         return torch.sigmoid(resize_back(logits, (h, w))[:, 0])
+
+    def _check_points(self, points: Any, labels: Any, b: int) -> tuple[Any, Any]:
+        if not self.supports_points:
+            raise ValueError(f"point prompts need the eager or compile backend, not {getattr(self, 'backend', '?')}")
+        points = torch.as_tensor(points, dtype=torch.float32, device=self.device)
+        if points.ndim != 3 or points.shape[0] != b or points.shape[2] != 2:
+            raise ValueError(f"points: expected shape [{b},N,2] (x,y in pixels), got {tuple(points.shape)}")
+        labels = (torch.ones(points.shape[:2], dtype=torch.int32) if labels is None
+                  else torch.as_tensor(labels, dtype=torch.int32)).to(self.device)
+        if labels.shape != points.shape[:2]:
+            raise ValueError(f"labels: expected shape {tuple(points.shape[:2])}, got {tuple(labels.shape)}")
+        return points, labels
 
 
 @register_engine("segmenter")

@@ -5,15 +5,18 @@ Two backends behind one stage:
 * ``classical`` (default, no download): the subject prior of :mod:`subject_prior` (Haar faces + saliency +
   centre) seeds GrabCut (Rother et al., SIGGRAPH 2004) at ``work_resolution``²; the hard result is upsampled
   and turned into a soft matte at full resolution by a guided filter (He et al., ECCV 2010) steered by the
-  photo itself. All sizeable components are kept, so every person in the photo stays in the mask.
-* ``sam2``: the segmenter engine (``create_engine("segmenter", flavor)``) prompted with one box per subject
-  found by the same prior; the per-box probabilities are united, so all persons are kept consistently.
+  photo itself. All sizeable components are kept, so every person in the photo stays in the mask. When that
+  pass returns only scattered features (the eyes and nose of an animal that fills the frame), a second GrabCut
+  grows them into the subject (``subject_prior.fill_from_fragments``); such a mask may touch most of the border.
+* ``sam2``: the segmenter engine (``create_engine("segmenter", flavor)``) prompted with the union box of the
+  subjects found by the same prior plus every face centre as a positive point (eager/compile engines), then
+  with one box per subject; the probabilities are united, so all persons are kept consistently.
 
 The same mask serves the input and the target, so no person vanishes from one and stays in the other.
 A mask covering less than ``min_area`` of the image is dropped as ``segment:empty_mask``; one covering more
 than ``max_area``, hugging most of the image border, or shattered into many pieces as
-``segment:implausible_mask`` (as is a mask of scattered fragments with no main piece) — never passed on as a
-success.
+``segment:implausible_mask`` (as is a mask of scattered fragments with no main piece, or features that could not
+be grown into one subject) — never passed on as a success.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from relight_stream.config import RunConfig, SegmentConfig
 from relight_stream.kernels.xp import asnumpy
 from relight_stream.pipeline.geometry import check_engine_args, engine_images
 from relight_stream.pipeline.stage import Stage, per_sample
-from relight_stream.pipeline.subject_prior import subject_prior
+from relight_stream.pipeline.subject_prior import fill_from_fragments, is_scattered, subject_prior
 from relight_stream.sample import SampleBatch
 
 log = logging.getLogger(__name__)
@@ -39,6 +42,8 @@ MAX_PROMPTS = 4
 MIN_SCATTERED_SOLIDITY = 0.4
 """A mask whose largest piece is under 65 % of its area must fill at least this much of its convex hull (eyes and a
 nose of a close-up cat fail; two people side by side pass)."""
+MAX_FILL_BORDER_FRACTION = 0.95
+"""Border limit for a frame-filling subject (see :func:`fill_from_fragments`): it may touch most of the border."""
 
 
 def guided_filter(guide_hw: np.ndarray, src_hw: np.ndarray, *, radius: int, eps: float) -> np.ndarray:
@@ -116,8 +121,17 @@ def grabcut_from_prior(small_rgb: np.ndarray, prob_hw: np.ndarray, *, iters: int
     return (gc == cv2.GC_FGD) | (gc == cv2.GC_PR_FGD)
 
 
-def plausibility(mask_hw: np.ndarray, cfg: SegmentConfig) -> tuple[str | None, dict[str, float]]:
-    """Drop code (``empty_mask``/``implausible_mask``) or ``None``, and the statistics behind the verdict."""
+def plausibility(mask_hw: np.ndarray, cfg: SegmentConfig, *, fills_frame: bool = False, fragments: bool = False
+                 ) -> tuple[str | None, dict[str, float]]:
+    """Drop code (``empty_mask``/``implausible_mask``) or ``None``, and the statistics behind the verdict.
+
+    Args:
+        mask_hw: The mask (float 0–1 or bool), any size.
+        cfg: Area limits.
+        fills_frame: A subject grown from its scattered features: it may touch up to
+            :data:`MAX_FILL_BORDER_FRACTION` of the image border instead of :data:`MAX_BORDER_FRACTION`.
+        fragments: Scattered features that could not be grown into one subject: implausible unless empty.
+    """
     area = float(mask_hw.mean())
     f = max(1, -(-max(mask_hw.shape) // 256))  # the shape statistics need no more than 256²
     small = mask_hw[::f, ::f] if f > 1 else mask_hw
@@ -134,11 +148,32 @@ def plausibility(mask_hw: np.ndarray, cfg: SegmentConfig) -> tuple[str | None, d
             "largest_fraction": round(largest, 4), "solidity": round(min(solidity, 1.0), 4)}
     if area < cfg.min_area or big == 0:
         return "empty_mask", info
-    if area > cfg.max_area or info["border_fraction"] > MAX_BORDER_FRACTION or big > MAX_COMPONENTS:
+    max_border = MAX_FILL_BORDER_FRACTION if fills_frame else MAX_BORDER_FRACTION
+    if area > cfg.max_area or info["border_fraction"] > max_border or big > MAX_COMPONENTS:
         return "implausible_mask", info
-    if largest < 0.65 and solidity < MIN_SCATTERED_SOLIDITY:  # fragments strewn over the frame, no main subject
+    if fragments or (largest < 0.65 and solidity < MIN_SCATTERED_SOLIDITY):  # strewn pieces, no main subject
         return "implausible_mask", info
     return None, info
+
+
+def face_points(priors: list[Any], limit: int = MAX_PROMPTS) -> tuple[Any, Any] | None:
+    """SAM2 point prompts: each face centre (full-resolution pixels) as a positive click, up to ``limit`` per image.
+
+    Returns ``(points [B,N,2], labels [B,N])`` torch tensors, rows padded with label -1 (SAM's "no point"), or
+    ``None`` when no image of the batch has a face.
+    """
+    import torch
+
+    n = min(limit, max((len(p.faces) for p in priors), default=0))
+    if n == 0:
+        return None
+    points = torch.zeros((len(priors), n, 2), dtype=torch.float32)
+    labels = torch.full((len(priors), n), -1, dtype=torch.int32)
+    for j, p in enumerate(priors):
+        for k, (x0, y0, x1, y1) in enumerate(p.faces[:n]):
+            points[j, k] = torch.tensor([(x0 + x1) / 2, (y0 + y1) / 2])
+            labels[j, k] = 1
+    return points, labels
 
 
 class SegmentStage(Stage):
@@ -198,7 +233,13 @@ class SegmentStage(Stage):
             per_sample(self, batch, lambda i: self._classical(batch, rgb[i], priors[i], i), check=self.writes,
                        parallel=True)
         verdicts: dict[int, tuple[str | None, dict[str, float]]] = {}
-        per_sample(self, batch, lambda i: verdicts.__setitem__(i, plausibility(masks[i], self.cfg)), parallel=True)
+
+        def verdict(i: int) -> None:
+            rec = batch.meta[i].get("segment", {})
+            verdicts[i] = plausibility(masks[i], self.cfg, fills_frame=bool(rec.get("fills_frame")),
+                                       fragments=bool(rec.get("fragments")))
+
+        per_sample(self, batch, verdict, parallel=True)
         for i in list(batch.kept()):
             code, info = verdicts[i]
             batch.meta[i].setdefault("segment", {}).update(info)
@@ -221,8 +262,16 @@ class SegmentStage(Stage):
         small = cv2.resize(rgb_HW3, (n, n), interpolation=cv2.INTER_AREA)
         fg = grabcut_from_prior(small, prior.prob_hw, iters=self.cfg.grabcut_iters)
         fg = clean_mask(fg, prior.prob_hw)
+        fills = fragments = is_scattered(fg)
+        if fills:
+            grown, keep = fill_from_fragments(small, fg, iters=self.cfg.grabcut_iters + 1)
+            grown = clean_mask(grown, keep)
+            fills = plausibility(grown, self.cfg, fills_frame=True)[0] is None
+            if fills:
+                fg, fragments = grown, False
         batch["mask_BHW"][i] = soft_matte(rgb_HW3, fg)
         self._record(batch, i, prior)
+        batch.meta[i]["segment"].update(fills_frame=fills, fragments=fragments)
 
     def _sam2(self, batch: SampleBatch, rgb: np.ndarray, priors: dict[int, Any]) -> None:
         import torch
@@ -231,7 +280,9 @@ class SegmentStage(Stage):
         if not idx:
             return
         images = engine_images(batch["rgb_BHW3"], idx)
-        probs = asnumpy(self.engine(images, torch.tensor([priors[i].box for i in idx], dtype=torch.float32)))
+        union = torch.tensor([priors[i].box for i in idx], dtype=torch.float32)
+        points = face_points([priors[i] for i in idx]) if getattr(self.engine, "supports_points", False) else None
+        probs = asnumpy(self.engine(images, union) if points is None else self.engine(images, union, *points))
         probs = probs.astype(np.float32)
         # Every person gets their own prompt too (up to MAX_PROMPTS), united with the union-box mask, so all
         # persons stay in the mask — in the input exactly as in the target.

@@ -12,6 +12,10 @@ Cues, combined as a soft union so none of them is required:
 * saliency: spectral residual (Hou & Zhang, CVPR 2007) on a 64² thumbnail, plus colour distance (CIE Lab) to
   the image border colours — works for animals, statues, objects and illustrations with no face at all.
 * centre prior: a broad Gaussian, since photographers frame their subject.
+
+A subject that fills the frame (a close-up cat) defeats the border cue: only its eyes and nose stand out, so the
+first GrabCut pass returns scattered features. :func:`is_scattered` spots that and :func:`fill_from_fragments`
+re-seeds GrabCut from the features' convex hull, so the subject grows over the fur that shares its colours.
 """
 
 from __future__ import annotations
@@ -30,6 +34,11 @@ log = logging.getLogger(__name__)
 FACE_RESOLUTION = 192
 """Side of the square the frontal Haar cascade scans: faces down to ~7 % of the frame are found."""
 MIN_BORDER_SHARE = 0.3
+SCATTERED_LARGEST, SCATTERED_SOLIDITY = 0.8, 0.6
+"""A first GrabCut pass whose largest piece is under 80 % of it and that fills under 60 % of its hull is read as the
+features of a subject that fills the frame (:func:`is_scattered`)."""
+FILL_GROW = 0.15
+"""How far (fraction of the side) a frame-filling subject may extend beyond the hull of its salient features."""
 _CASCADES = {
     "frontal": "haarcascade_frontalface_default.xml",
     "profile": "haarcascade_profileface.xml",
@@ -226,3 +235,47 @@ def _box_of(region_hw: np.ndarray, sx: float, sy: float) -> list[int]:
     if len(xs) == 0:
         return []
     return [int(xs.min() * sx), int(ys.min() * sy), int((xs.max() + 1) * sx), int((ys.max() + 1) * sy)]
+
+
+def fill_from_fragments(small_rgb: np.ndarray, fg_hw: np.ndarray, *, iters: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """Second GrabCut pass for a subject that fills the frame (a close-up cat: only eyes and nose stand out).
+
+    When the first pass returns scattered salient features with no main piece, they are read as parts of one
+    subject: their convex hull is definite foreground, the hull grown by :data:`FILL_GROW` probable foreground and
+    the rest probable background, so GrabCut extends the subject over the fur/skin/clothes that share its colours
+    and stops at a background of other colours (none at all: the whole frame, which plausibility then rejects).
+
+    Returns:
+        The hard mask and the soft prior used to keep its components (both ``fg_hw``'s shape).
+    """
+    n = fg_hw.shape[0]
+    hull = np.zeros(fg_hw.shape, np.uint8)
+    pts = cv2.findNonZero(fg_hw.astype(np.uint8))
+    if pts is None or len(pts) < 3:
+        return fg_hw.astype(bool), fg_hw.astype(np.float32)
+    cv2.fillConvexPoly(hull, cv2.convexHull(pts), 1)
+    k = max(1, int(FILL_GROW * n))
+    grown = cv2.dilate(hull, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1)))
+    gc = np.where(grown > 0, cv2.GC_PR_FGD, cv2.GC_PR_BGD).astype(np.uint8)
+    gc[hull > 0] = cv2.GC_FGD
+    if (gc == cv2.GC_PR_BGD).sum() < 0.02 * gc.size:  # nothing left to learn a background from
+        return grown.astype(bool), grown.astype(np.float32)
+    bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    cv2.setRNGSeed(0)
+    cv2.grabCut(cv2.cvtColor(small_rgb, cv2.COLOR_RGB2BGR), gc, None, bgd, fgd, iters, cv2.GC_INIT_WITH_MASK)
+    fg = (gc == cv2.GC_FGD) | (gc == cv2.GC_PR_FGD)
+    return fg, np.maximum(grown.astype(np.float32), 0.5 * fg)
+
+
+def is_scattered(fg_hw: np.ndarray) -> bool:
+    """Several pieces, no dominant one, filling little of their hull (the eyes and nose of a close-up face).
+
+    Looser than the drop rule of :func:`plausibility`: it only decides whether :func:`fill_from_fragments` is tried.
+    """
+    hard = fg_hw.astype(np.uint8)
+    n, _, stats, _ = cv2.connectedComponentsWithStats(hard, connectivity=8)
+    if n <= 2:
+        return False
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    hull = cv2.contourArea(cv2.convexHull(cv2.findNonZero(hard)))
+    return bool(areas.max() < SCATTERED_LARGEST * areas.sum() and hard.sum() < SCATTERED_SOLIDITY * max(hull, 1.0))

@@ -63,3 +63,37 @@ def test_tonemap_maps_hdr_into_unit_range_monotonically(mode: str) -> None:
     assert y.min() >= 0 and y.max() <= 1 and np.all(np.diff(y) >= 0)
     with pytest.raises(ValueError):
         color.tonemap(x, mode="filmic-ish")
+
+
+def _exact_u8(x: np.ndarray) -> np.ndarray:  # rounding the IEC 61966-2-1 encode in float64
+    x = np.clip(x.astype(np.float64), 0, 1)
+    s = np.where(x <= 0.0031308, x * 12.92, 1.055 * np.maximum(x, 0.0031308) ** (1 / 2.4) - 0.055)
+    return np.round(s * 255).astype(int)
+
+
+def test_fast_linear_to_srgb_u8_is_within_one_code_of_the_exact_formula_everywhere() -> None:
+    # Every float32 within 256 ulps of each of the 255 code thresholds (where rounding can go wrong), a dense
+    # grid over [-0.1, 1.1], and the clip ends.
+    codes = np.arange(255, dtype=np.float64) + 0.5
+    lin = np.where(codes / 255 <= 0.04045, codes / 255 / 12.92, ((codes / 255 + 0.055) / 1.055) ** 2.4)
+    bits = lin.astype(np.float32).view(np.int32)[:, None] + np.arange(-256, 257, dtype=np.int32)[None]
+    grid = np.linspace(-0.1, 1.1, 1_000_001, dtype=np.float32)
+    x = np.concatenate([bits.view(np.float32).ravel(), grid,
+                        np.array([0.0, 1.0, -1e30, 1e30, np.inf, -np.inf], np.float32)])
+    fast = color.linear_to_srgb_u8(x)
+    assert fast.dtype == np.uint8 and fast.shape == x.shape
+    diff = np.abs(fast.astype(int) - _exact_u8(x))
+    assert diff.max() <= 1
+    assert fast[-6:].tolist() == [0, 255, 0, 255, 255, 0]  # clipped, infinities included
+    on_grid = diff[bits.size : bits.size + grid.size]
+    assert (on_grid == 0).mean() > 0.999  # off by one only next to a threshold
+
+
+def test_fast_linear_to_srgb_u8_keeps_shape_for_any_layout_and_float64() -> None:
+    x = np.random.default_rng(1).random((2, 5, 7, 3)).astype(np.float32)
+    ref = color.linear_to_srgb_u8(x)
+    assert ref.shape == x.shape
+    assert np.array_equal(color.linear_to_srgb_u8(x.astype(np.float64)), ref)
+    assert np.array_equal(color.linear_to_srgb_u8(x[:, ::2, ::-1]), ref[:, ::2, ::-1])  # non-contiguous view
+    assert np.abs(ref.astype(int) - _exact_u8(x)).max() <= 1
+    assert color.linear_to_srgb_u8(np.float32(0.5) * np.ones(0, np.float32)).shape == (0,)
