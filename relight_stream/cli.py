@@ -190,6 +190,9 @@ def filter_cmd(ctx, inputs, out, scorer, top, threshold, splits, from_scores, cl
 @click.option("--preview", type=int, default=None, help="Write preview.png for the first N samples.")
 @click.option("--consistency", is_flag=True, default=None, help="Also write (L1, L2, L1+L2) inputs.")
 @click.option("--overwrite", is_flag=True, default=None, help="Replace outputs made with another config/input.")
+@click.option("--new-run", is_flag=True, default=None,
+              help="Move the previous outputs to OUT/previous-<UTC time>/ and start afresh (--overwrite deletes).")
+@click.option("--keep-alpha", is_flag=True, default=None, help="Also write the source alpha as alpha.png.")
 @click.option("--decode-backend", type=click.Choice(["auto", "dali", "pil"]), default=None)
 @click.option("--skip-bad-input-shards", is_flag=True, default=None, help="Exit 0 although an input tar is truncated.")
 @click.option("--fast-dev-run", is_flag=True, default=None, help="One batch of the first shard only.")
@@ -197,7 +200,8 @@ def filter_cmd(ctx, inputs, out, scorer, top, threshold, splits, from_scores, cl
 @config_option
 @click.pass_context
 def generate_cmd(ctx, inputs, out, resolution, samples_per_shard, segmenter, depth, mix, preview, consistency,
-                 overwrite, decode_backend, skip_bad_input_shards, fast_dev_run, dry_run, config_file) -> None:
+                 overwrite, new_run, keep_alpha, decode_backend, skip_bad_input_shards, fast_dev_run, dry_run,
+                 config_file) -> None:
     """Turn photos into relighting triplet shards.
 
     Reads INPUT... (folders, CSV/parquet lists, WebDataset tars). Writes --out/shard-NNNNNN.tar (members
@@ -211,6 +215,7 @@ def generate_cmd(ctx, inputs, out, resolution, samples_per_shard, segmenter, dep
         "relight.mix": _parse_mix(mix), "preview": preview, "relight.consistency": consistency,
         "shard.overwrite": overwrite, "fast_dev_run": fast_dev_run, "dry_run": dry_run,
         "decode.backend": decode_backend, "shard.skip_bad_input_shards": skip_bad_input_shards,
+        "shard.new_run": new_run, "decode.keep_alpha": keep_alpha,
     }
     _invoke(ctx, "generate", C.GenerateConfig, config_file, flags)
 

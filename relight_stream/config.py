@@ -59,6 +59,8 @@ class DecodeConfig:
     """Embedded ICC profiles are converted to sRGB (``convert``) or only recorded (``flag``)."""
     background: tuple[int, int, int] = (128, 128, 128)
     """sRGB colour alpha is composited onto: the neutral grey used everywhere (ARCHITECTURE.md §4)."""
+    keep_alpha: bool = False
+    """Also keep the alpha as a mask: ``alpha_BHW`` (float 0–1; 1 for opaque images), written as ``alpha.png``."""
 
 
 @dataclass(kw_only=True, slots=True)
@@ -73,6 +75,8 @@ class ShardConfig:
     """Discard existing outputs whose config or input fingerprint differs, instead of refusing to run."""
     skip_bad_input_shards: bool = False
     """Continue (exit 0) when an input tar is truncated; its samples before the cut are still written."""
+    new_run: bool = False
+    """Start afresh: move the folder's previous outputs to ``OUT/previous-<UTC time>/`` (``overwrite`` deletes)."""
 
 
 @dataclass(kw_only=True, slots=True)
@@ -174,6 +178,13 @@ class FilterConfig:
     """Thumbnails per row of ``contact_sheet.jpg`` (top, around the cut-off, bottom); 0 = none."""
     subject: Literal["centre", "prior"] = "centre"
     """Photometric subject weights: a centre Gaussian (free), or the Haar-face + saliency prior (~50 ms/image)."""
+    samples_per_unit: int = 256
+    """Inputs per work unit; unit ``k`` is scored by rank ``k mod WORLD_SIZE`` (outputs do not depend on it)."""
+    merge_timeout_s: float = 3600.0
+    """Several ranks: how long rank 0 waits, after its own part, for the other ranks' ``scores-rankNNN.parquet``."""
+    torch_threads: int = 0
+    """CPU intra-op threads of torch/onnxruntime; 0 = auto: this rank's cores minus the decode workers (at least
+    1), left alone when ``OMP_NUM_THREADS`` is set."""
     decode: DecodeConfig = field(default_factory=lambda: DecodeConfig(resolution=224))
     clip: ClipConfig = field(default_factory=ClipConfig)
 
@@ -308,6 +319,9 @@ class DemoConfig:
     out: str = "demo-out"
     num_images: int = 8
     resolution: int = 256
+    """Side of the generated triplets."""
+    train_steps: int = 30
+    """Steps of the tiny-model training run (at 64², batch 4)."""
 
 
 # ------------------------------------------------------------------------------------------ machinery

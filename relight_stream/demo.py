@@ -111,8 +111,8 @@ def run_demo(cfg: C.DemoConfig, run: C.RunConfig) -> int:
 
     def train_step(func):
         tcfg = C.build_config(C.TrainConfig, {"shards": [shards], "out": str(out / "model"), "model": "tiny",
-                                              "resolution": 64, "max_steps": 30, "batch_size": 4,
-                                              "checkpoint_every": 15, "mixed_precision": "no", "num_workers": 0})
+                                              "resolution": 64, "max_steps": cfg.train_steps, "batch_size": 4,
+                                              "checkpoint_every": max(1, cfg.train_steps // 2), "mixed_precision": "no", "num_workers": 0})
         return func(tcfg, run), {"outputs": str(out / "model")}
 
     def infer_step(func):

@@ -1,13 +1,17 @@
-"""Decode: the batch iterator (DALI for JPEG, PIL/OpenCV for the rest) and the per-sample CPU path (RELIABILITY.md A).
+"""Decode: the batch iterator (DALI for JPEG, PIL/OpenCV for the rest) and the decode policy (RELIABILITY.md A).
 
 Per sample (:func:`decode_image`): reads raw file bytes; writes an sRGB uint8 ``H×W×3`` array at ``resolution``²
-plus a JSON-able ``info`` dict, or raises :class:`DecodeError` with a reason code.
+plus a JSON-able ``info`` dict, or raises :class:`DecodeError` with a reason code. It lives in
+:mod:`~relight_stream.pipeline.decode_cpu` (pixels) and :mod:`~relight_stream.pipeline.decode_probe` (header checks);
+the names are re-exported here.
 
 Batches (:func:`decode_batches`, the API other commands build on): reads :class:`~relight_stream.pipeline.sources.
 InputItem` s; yields :class:`~relight_stream.sample.SampleBatch` es of up to ``batch_size`` with
 
 * ``rgb_BHW3``: uint8 sRGB ``B×R×R×3`` (NumPy; a torch CUDA tensor when DALI decodes on the GPU); rows of dropped
   samples are zeros;
+* ``alpha_BHW`` (only with ``keep_alpha``): float32 0–1 ``B×R×R``, the alpha resized like the image (1 for opaque
+  images, 0 in a ``pad`` letterbox), on the same device as ``rgb_BHW3``;
 * ``meta[i]``: ``key``, ``source`` (path, URL or ``tar::member``), ``sample_seed`` (16 hex digits of
   :func:`~relight_stream.keys.sample_seed`), ``format``, ``orig_size`` [w, h], ``source_mode``, ``n_frames``,
   ``ext_mismatch``, ``has_alpha``, ``exif_orientation``, ``icc_profile`` (description or null), ``icc_converted``,
@@ -36,7 +40,10 @@ Policy, the same on every path:
 * EXIF orientation (1–8) is applied to the pixels (the same transposes as ``PIL.ImageOps.exif_transpose``).
 * 16-bit images are scaled with rounding, ``(v + 128) // 257``: all 256 output levels are reachable.
 * Alpha (RGBA, LA, palette with tRNS) is composited in sRGB onto ``background`` (neutral grey 128 by default):
-  ``out = (rgb·a + bg·(255 − a)) / 255``; ``has_alpha`` is recorded.
+  ``out = (rgb·a + bg·(255 − a)) / 255``; ``has_alpha`` is recorded; ``keep_alpha`` also keeps it as a mask.
+* A decoder output that is one solid colour (all-zero included) is cross-checked with an independent decoder
+  (Pillow, or OpenCV when Pillow decoded it); if that one sees varying pixels or another colour (> 8 levels), the
+  sample is skipped as ``suspicious_decode`` (A13). A file that really is one colour passes (a stage may drop it).
 * CMYK (with or without the Adobe marker) is converted by Pillow. An embedded ICC profile is converted to sRGB when
   ``icc="convert"`` (``icc_profile`` records the profile's description either way).
 * ``resize="crop"``: the centred square of side min(H, W) is resized to ``resolution``²; ``"pad"``: the image is
@@ -45,329 +52,44 @@ Policy, the same on every path:
 
 from __future__ import annotations
 
-import io
 import logging
-import struct
-import threading
-import warnings
-import zlib
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageFile, UnidentifiedImageError
 
 from relight_stream.config import DecodeConfig
+from relight_stream.kernels.xp import asnumpy
+from relight_stream.pipeline.decode_cpu import (  # noqa: F401  (re-exported: the public decode API)
+    check_suspicious,
+    composite,
+    decode_full,
+    decode_image,
+    decode_probed,
+    disagrees,
+    fit_square,
+    is_constant,
+    orient,
+    second_opinion,
+)
+from relight_stream.pipeline.decode_probe import (  # noqa: F401
+    REASONS,
+    DecodeError,
+    _routable,
+    check_png,
+    jpeg_complete,
+    probe,
+    sniff_format,
+)
 
+__all__ = ["REASONS", "DecodeError", "check_png", "check_suspicious", "composite", "decode_batches", "decode_full",
+           "decode_image", "decode_probed", "decode_writes", "disagrees", "fit_square", "is_constant", "jpeg_complete",
+           "orient", "probe", "resolve_dali", "second_opinion", "sniff_format"]
 log = logging.getLogger(__name__)
-warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
-_TRUNCATED_LOCK = threading.Lock()
-
-_FORMAT_EXTS = {"JPEG": ("jpg", "jpeg"), "PNG": ("png",), "WEBP": ("webp",), "GIF": ("gif",), "BMP": ("bmp",),
-                "TIFF": ("tif", "tiff"), "MPO": ("jpg", "jpeg")}
-#: Reason codes the decoder can emit, all ``skipped`` (bad input) records.
-REASONS = ("empty_file", "unidentified", "truncated", "corrupt", "too_large", "too_small", "aspect_ratio",
-           "animated", "missing_component", "missing_file")
 
 
-class DecodeError(Exception):
-    """A per-sample decode problem with a reason code (``truncated``) and a human-readable detail."""
-
-    def __init__(self, code: str, detail: str = "") -> None:
-        super().__init__(f"{code}: {detail}" if detail else code)
-        self.code = code
-        self.detail = detail
-
-
-def sniff_format(data: bytes) -> str | None:
-    """Format by magic bytes: ``JPEG``, ``PNG``, ``GIF``, ``WEBP``, ``BMP``, ``TIFF`` or ``None``."""
-    if data[:3] == b"\xff\xd8\xff":
-        return "JPEG"
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
-        return "PNG"
-    if data[:6] in (b"GIF87a", b"GIF89a"):
-        return "GIF"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "WEBP"
-    if data[:2] == b"BM":
-        return "BMP"
-    if data[:4] in (b"II*\x00", b"MM\x00*"):
-        return "TIFF"
-    return None
-
-
-def check_png(data: bytes) -> int:
-    """Walk the PNG chunks: raise ``truncated`` when cut short / without IEND, ``corrupt`` on a bad CRC.
-
-    Returns:
-        The bit depth from IHDR.
-    """
-    pos, n, depth = 8, len(data), 8
-    while True:
-        if pos + 8 > n:
-            raise DecodeError("truncated", "PNG ends before IEND")
-        length, ctype = struct.unpack(">I4s", data[pos : pos + 8])
-        end = pos + 12 + length
-        if end > n:
-            raise DecodeError("truncated", f"PNG chunk {ctype!r} cut short")
-        crc = struct.unpack(">I", data[end - 4 : end])[0]
-        if zlib.crc32(data[pos + 4 : end - 4]) != crc:
-            raise DecodeError("corrupt", f"PNG chunk {ctype!r} has a bad CRC")
-        if ctype == b"IHDR":
-            depth = data[pos + 16]
-        if ctype == b"IEND":
-            return depth
-        pos = end
-
-
-def jpeg_complete(data: bytes) -> bool:
-    """True when the JPEG ends with an EOI marker (trailing zero padding allowed)."""
-    return data.rstrip(b"\x00")[-2:] == b"\xff\xd9"
-
-
-def probe(data: bytes, cfg: DecodeConfig, *, ext: str = "") -> tuple[Image.Image, dict[str, Any]]:
-    """Open the header and run every check that needs no pixel decode.
-
-    Returns:
-        (the lazily opened PIL image, info with ``format``, ``orig_size`` [w, h] after orientation, ``source_mode``,
-        ``n_frames``, ``ext_mismatch``, ``exif_orientation``, ``icc_profile``, ``bit_depth``).
-
-    Raises:
-        DecodeError: ``empty_file``, ``unidentified``, ``too_large``, ``too_small``, ``aspect_ratio``, ``animated``.
-    """
-    if not data:
-        raise DecodeError("empty_file", "0 bytes")
-    if Image.MAX_IMAGE_PIXELS is not None and cfg.max_pixels > Image.MAX_IMAGE_PIXELS:
-        Image.MAX_IMAGE_PIXELS = cfg.max_pixels  # a raised max_pixels must raise Pillow's own bomb limit too
-    try:
-        im = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as exc:
-        raise DecodeError("too_large", f"{exc} (max_pixels {cfg.max_pixels})") from None
-    except UnidentifiedImageError:
-        raise DecodeError("unidentified", f"not an image ({data[:8]!r}...)") from None
-    except Exception as exc:
-        raise DecodeError("corrupt", f"{type(exc).__name__}: {exc}") from None
-    fmt = im.format or sniff_format(data) or "?"
-    w, h = im.size
-    if w * h > cfg.max_pixels:
-        raise DecodeError("too_large", f"{w}x{h} = {w * h} pixels > max_pixels {cfg.max_pixels}")
-    if min(w, h) < cfg.min_size:
-        raise DecodeError("too_small", f"{w}x{h} < min_size {cfg.min_size}")
-    if max(w, h) / min(w, h) > cfg.max_aspect_ratio:
-        raise DecodeError("aspect_ratio", f"{w}x{h} > max_aspect_ratio {cfg.max_aspect_ratio}")
-    n_frames = int(getattr(im, "n_frames", 1) or 1)
-    if fmt == "MPO":  # a camera JPEG with extra MPF pictures (depth, previews): not an animation
-        fmt, n_frames = "JPEG", 1
-    if n_frames > 1 and cfg.animated == "skip":
-        raise DecodeError("animated", f"{n_frames} frames")
-    try:
-        orientation = int(im.getexif().get(0x0112, 1) or 1)
-    except Exception:
-        orientation = 1
-    orientation = orientation if 1 <= orientation <= 8 else 1
-    icc = im.info.get("icc_profile")
-    info: dict[str, Any] = {
-        "format": fmt,
-        "orig_size": [h, w] if orientation >= 5 else [w, h],
-        "source_mode": im.mode,
-        "n_frames": n_frames,
-        "ext_mismatch": bool(ext) and ext not in _FORMAT_EXTS.get(fmt, (ext,)),
-        "exif_orientation": orientation,
-        "icc_profile": _icc_name(icc) if icc else None,
-        "has_alpha": im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info,
-        "bit_depth": 8,
-        "icc_converted": False,
-        "truncated_filled": False,
-    }
-    return im, info
-
-
-def _icc_name(icc: bytes) -> str:
-    try:
-        from PIL import ImageCms
-
-        return ImageCms.getProfileDescription(ImageCms.ImageCmsProfile(io.BytesIO(icc))).strip() or "unknown"
-    except Exception:
-        return "unreadable"
-
-
-def orient(a: np.ndarray, orientation: int) -> np.ndarray:
-    """Apply EXIF orientation ``1..8`` to an ``H×W[×C]`` array (as ``PIL.ImageOps.exif_transpose``)."""
-    if orientation == 2:
-        a = a[:, ::-1]
-    elif orientation == 3:
-        a = a[::-1, ::-1]
-    elif orientation == 4:
-        a = a[::-1]
-    elif orientation == 5:
-        a = a.swapaxes(0, 1)
-    elif orientation == 6:
-        a = np.rot90(a, -1)
-    elif orientation == 7:
-        a = a[::-1, ::-1].swapaxes(0, 1)
-    elif orientation == 8:
-        a = np.rot90(a, 1)
-    return np.ascontiguousarray(a)
-
-
-def _to_u8(a: np.ndarray) -> np.ndarray:
-    if a.dtype == np.uint8:
-        return a
-    if a.dtype == np.uint16 or (a.dtype.kind in "iu" and a.max(initial=0) > 255):
-        return ((np.clip(a, 0, 65535).astype(np.uint32) + 128) // 257).astype(np.uint8)
-    if a.dtype.kind == "f":
-        scale = 255.0 if a.max(initial=0) <= 1.0 else 1.0
-        return np.clip(np.rint(a * scale), 0, 255).astype(np.uint8)
-    return np.clip(a, 0, 255).astype(np.uint8)
-
-
-def composite(rgba: np.ndarray, background: tuple[int, int, int]) -> np.ndarray:
-    """Alpha-composite ``H×W×4`` uint8 onto a solid sRGB background (integer, rounded)."""
-    a = rgba[..., 3:4].astype(np.uint16)
-    bg = np.asarray(background, dtype=np.uint16)
-    out = (rgba[..., :3].astype(np.uint16) * a + bg * (255 - a) + 127) // 255
-    return out.astype(np.uint8)
-
-
-def _pixels_pil(im: Image.Image, data: bytes, cfg: DecodeConfig, info: dict[str, Any]) -> np.ndarray:
-    """Decode to ``H×W×3`` or ``H×W×4`` uint8 (before orientation)."""
-    try:
-        im.load()
-    except Exception as exc:
-        msg = str(exc)
-        if "truncated" not in msg:  # "broken data stream" is corrupt data, not a cut file
-            raise DecodeError("corrupt", f"{type(exc).__name__}: {msg}") from None
-        if not cfg.allow_truncated:
-            raise DecodeError("truncated", msg) from None
-        with _TRUNCATED_LOCK:  # Pillow's switch is process-global
-            ImageFile.LOAD_TRUNCATED_IMAGES = True
-            try:
-                im = Image.open(io.BytesIO(data))
-                im.load()
-            finally:
-                ImageFile.LOAD_TRUNCATED_IMAGES = False
-        info["truncated_filled"] = True
-    if im.info.get("icc_profile") and cfg.icc == "convert" and im.mode in ("RGB", "RGBA", "CMYK", "L", "LA"):
-        im = _icc_to_srgb(im, info)
-    mode = im.mode
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in im.info):
-        return np.asarray(im.convert("RGBA"))
-    if mode.startswith("I") or mode == "F":
-        g = _to_u8(np.asarray(im))
-        return np.repeat(g[..., None], 3, axis=2)
-    if mode != "RGB":
-        im = im.convert("RGB")
-    return np.asarray(im)
-
-
-def _icc_to_srgb(im: Image.Image, info: dict[str, Any]) -> Image.Image:
-    from PIL import ImageCms
-
-    try:
-        src = ImageCms.ImageCmsProfile(io.BytesIO(im.info["icc_profile"]))
-        out_mode = "RGBA" if im.mode in ("RGBA", "LA") else "RGB"
-        if im.mode == "LA":
-            im = im.convert("RGBA")
-        res = ImageCms.profileToProfile(im, src, ImageCms.createProfile("sRGB"), outputMode=out_mode)
-        info["icc_converted"] = True
-        return res
-    except Exception as exc:
-        info["icc_converted"] = False
-        log.debug("ICC conversion failed: %s", exc)
-        return im
-
-
-def _pixels_cv2_16bit(data: bytes) -> np.ndarray:
-    """16-bit PNG via OpenCV (Pillow reduces 16-bit RGB by truncation and clips I;16 when converting)."""
-    import cv2
-
-    a = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if a is None:
-        raise DecodeError("corrupt", "OpenCV could not decode the 16-bit PNG")
-    a = _to_u8(a)
-    if a.ndim == 2:
-        return np.repeat(a[..., None], 3, axis=2)
-    if a.shape[2] == 2:  # gray + alpha
-        return np.concatenate([np.repeat(a[..., :1], 3, axis=2), a[..., 1:]], axis=2)
-    if a.shape[2] == 4:
-        return cv2.cvtColor(a, cv2.COLOR_BGRA2RGBA)
-    return cv2.cvtColor(a, cv2.COLOR_BGR2RGB)
-
-
-def _pixels_cv2_8bit(data: bytes) -> np.ndarray | None:
-    """A plain 8-bit RGB/gray JPEG or PNG via OpenCV: the same pixels as Pillow (libjpeg-turbo, zlib), faster.
-    ``None`` when OpenCV cannot decode it (the caller then lets Pillow name the problem)."""
-    import cv2
-
-    a = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    return None if a is None else cv2.cvtColor(a, cv2.COLOR_BGR2RGB)
-
-
-def fit_square(img: np.ndarray, cfg: DecodeConfig) -> np.ndarray:
-    """Centre-crop (``crop``) or letterbox (``pad``) ``H×W×3`` uint8 to ``resolution``²."""
-    import cv2
-
-    res = cfg.resolution
-    h, w = img.shape[:2]
-    if cfg.resize == "crop":
-        s = min(h, w)
-        y0, x0 = (h - s) // 2, (w - s) // 2
-        img = img[y0 : y0 + s, x0 : x0 + s]
-        if s == res:
-            return np.ascontiguousarray(img)
-        interp = cv2.INTER_AREA if s > res else cv2.INTER_CUBIC
-        return cv2.resize(np.ascontiguousarray(img), (res, res), interpolation=interp)
-    scale = res / max(h, w)
-    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
-    small = cv2.resize(np.ascontiguousarray(img), (nw, nh), interpolation=interp)
-    out = np.empty((res, res, 3), np.uint8)
-    out[:] = np.asarray(cfg.background, np.uint8)
-    y0, x0 = (res - nh) // 2, (res - nw) // 2
-    out[y0 : y0 + nh, x0 : x0 + nw] = small
-    return out
-
-
-def decode_image(data: bytes, cfg: DecodeConfig, *, ext: str = "") -> tuple[np.ndarray, dict[str, Any]]:
-    """Decode one file on the CPU: checks, pixels, orientation, alpha, resize.
-
-    Returns:
-        (``resolution``² ×3 sRGB uint8, info dict; ``decoder`` is ``pil`` or ``cv2``).
-
-    Raises:
-        DecodeError: with a reason code from :data:`REASONS`.
-    """
-    im, info = probe(data, cfg, ext=ext)
-    return decode_probed(im, info, data, cfg)
-
-
-def decode_probed(im: Image.Image, info: dict[str, Any], data: bytes, cfg: DecodeConfig) -> tuple[np.ndarray, dict]:
-    """:func:`decode_image` after :func:`probe` (the header is not parsed twice)."""
-    depth = 8
-    if info["format"] == "PNG":
-        try:
-            depth = check_png(data)
-        except DecodeError:
-            if not cfg.allow_truncated:
-                raise
-    px = None
-    if depth == 16 and not (im.info.get("icc_profile") and cfg.icc == "convert"):
-        px, info["decoder"] = _pixels_cv2_16bit(data), "cv2"
-    elif _routable(info, data, cfg) or _plain_png(info, cfg):
-        px, info["decoder"] = _pixels_cv2_8bit(data), "cv2"
-    if px is None:
-        if info["n_frames"] > 1:
-            im.seek(0)
-        px, info["decoder"] = _pixels_pil(im, data, cfg, info), "pil"
-    if depth == 16:
-        info["bit_depth"] = 16
-    if px.shape[2] == 4:
-        info["has_alpha"] = True
-        px = composite(px, cfg.background)
-    px = orient(px, info["exif_orientation"])
-    return fit_square(px, cfg), info
-
-
-# ----------------------------------------------------------------------------------------- batches
+def decode_writes(cfg: DecodeConfig) -> tuple[str, ...]:
+    """The batch fields :func:`decode_batches` writes with ``cfg`` (for ``check_pipeline`` and the shard members)."""
+    return ("rgb_BHW3", "alpha_BHW") if cfg.keep_alpha else ("rgb_BHW3",)
 
 
 def resolve_dali(cfg: DecodeConfig, device: str = "auto"):
@@ -400,18 +122,9 @@ def resolve_dali(cfg: DecodeConfig, device: str = "auto"):
     return dali
 
 
-def _plain_png(info: dict[str, Any], cfg: DecodeConfig) -> bool:
-    return (info["format"] == "PNG" and info["source_mode"] in ("RGB", "L") and not info["has_alpha"]
-            and not (info["icc_profile"] and cfg.icc == "convert"))
-
-
-def _routable(info: dict[str, Any], data: bytes, cfg: DecodeConfig) -> bool:
-    return (info["format"] == "JPEG" and info["source_mode"] in ("RGB", "L") and jpeg_complete(data)
-            and not (info["icc_profile"] and cfg.icc == "convert"))
-
-
 def _prepare(item: Any, cfg: DecodeConfig, use_dali: bool) -> tuple[str, Any, Any]:
-    """Read + probe (+ CPU decode): ("dali", bytes, info) | ("ok", rgb, info) | ("skip"/"fail", code, detail)."""
+    """Read + probe (+ CPU decode): ("dali", bytes, info) | ("ok", (rgb, alpha), info) | ("skip"/"fail", code,
+    detail)."""
     if item.missing:
         return "skip", item.missing, item.describe_source()
     try:
@@ -422,13 +135,39 @@ def _prepare(item: Any, cfg: DecodeConfig, use_dali: bool) -> tuple[str, Any, An
         return "fail", "read_error", f"{type(exc).__name__}: {exc}"
     try:
         im, info = probe(data, cfg, ext=item.ext)
-        if use_dali and _routable(info, data, cfg):
+        # a kept alpha in a letterbox needs the exact content box: the CPU path computes it
+        if use_dali and _routable(info, data, cfg) and not (cfg.keep_alpha and cfg.resize == "pad"):
             return "dali", data, info
-        return ("ok", *decode_probed(im, info, data, cfg))
+        rgb, alpha, info = decode_full(im, info, data, cfg)
+        return "ok", (rgb, alpha), info
     except DecodeError as exc:
         return "skip", exc.code, exc.detail
     except Exception as exc:  # a decoder crash is our failure, recorded per sample
         return "fail", "error", f"{type(exc).__name__}: {exc}"
+
+
+def _constant_rows(out: Any) -> list[int]:
+    """Rows of a ``B×R×R×3`` batch (NumPy or torch) that are one solid colour."""
+    if isinstance(out, np.ndarray):
+        return [j for j in range(len(out)) if is_constant(out[j])]
+    flat = out.reshape(len(out), -1, out.shape[-1])
+    return (flat == flat[:, :1]).all(dim=2).all(dim=1).nonzero().flatten().tolist()
+
+
+def _recheck_dali(out: Any, idx: list[int], results: list, cfg: DecodeConfig, name: str, pool: Any) -> None:
+    """A13 on the DALI rows: a solid-colour row that Pillow decodes with varying pixels is marked
+    ``suspicious_decode`` in ``results`` and zeroed in ``out``."""
+    const = _constant_rows(out)
+
+    def check(j: int) -> bool:
+        data, info = results[idx[j]][1], results[idx[j]][2]
+        return disagrees(asnumpy(out[j]), second_opinion(data, name, fit=cfg, orientation=info["exif_orientation"]))
+
+    for j, bad in zip(const, pool.map(check, const)):
+        if bad:
+            results[idx[j]] = ("skip", "suspicious_decode", f"{name} decoded one solid colour but pil decodes "
+                               "something else")
+            out[j] = 0
 
 
 def _assemble(items: list, results: list, cfg: DecodeConfig, seed: int, dali, pool) -> Any:
@@ -443,6 +182,7 @@ def _assemble(items: list, results: list, cfg: DecodeConfig, seed: int, dali, po
         if it.extra:
             batch.meta[i]["source_row"] = it.extra
     rgb = np.zeros((len(items), res, res, 3), np.uint8)
+    alpha = np.zeros((len(items), res, res), np.float32) if cfg.keep_alpha else None
     dali_idx = [i for i, r in enumerate(results) if r[0] == "dali"]
     dali_out = None
     if dali_idx:
@@ -457,11 +197,17 @@ def _assemble(items: list, results: list, cfg: DecodeConfig, seed: int, dali, po
             for i, r in zip(dali_idx, redo):
                 results[i] = r
             dali_idx = []
+    if dali_out is not None:
+        _recheck_dali(dali_out, dali_idx, results, cfg, dali.name, pool)
     for i, (kind, a, b) in enumerate(results):
         if kind == "ok":
-            rgb[i] = a
+            rgb[i] = a[0]
+            if alpha is not None:
+                alpha[i] = a[1] * np.float32(1 / 255)
         if kind in ("ok", "dali"):
             batch.meta[i].update(b)
+            if kind == "dali" and alpha is not None:
+                alpha[i] = 1.0  # DALI only takes opaque JPEGs, and no letterbox when the alpha is kept
         elif kind in ("skip", "fail"):
             batch.drop(i, f"decode:{a}", failed=kind == "fail", detail=b)
     if dali is not None and dali.device == "mixed":  # GPU decode: every batch lives on the GPU
@@ -471,10 +217,14 @@ def _assemble(items: list, results: list, cfg: DecodeConfig, seed: int, dali, po
         if dali_out is not None:
             out[torch.as_tensor(dali_idx, device=out.device)] = dali_out
         batch["rgb_BHW3"] = out
+        if alpha is not None:
+            batch["alpha_BHW"] = torch.from_numpy(alpha).to(out.device)
         return batch
     if dali_out is not None:
         rgb[dali_idx] = dali_out
     batch["rgb_BHW3"] = rgb
+    if alpha is not None:
+        batch["alpha_BHW"] = alpha
     return batch
 
 

@@ -94,7 +94,7 @@ class DaliDecoder:
             import torch
 
             return torch.from_dlpack(out.as_tensor()).clone()  # copy before the next run() reuses the buffer
-        from relight_stream.pipeline.decode import fit_square
+        from relight_stream.pipeline.decode_cpu import fit_square
 
         imgs = [np.asarray(out.at(i)) for i in range(len(blobs))]
         fit = lambda a: fit_square(a, self.cfg)  # noqa: E731

@@ -1,7 +1,7 @@
 """``generate`` as one flow: plan → decode → stages → shard (ARCHITECTURE.md §1, §5).
 
 Reads the INPUTs (:mod:`~relight_stream.pipeline.sources`); writes ``OUT/shard-NNNNNN.tar`` + ``.json`` records
-(:mod:`~relight_stream.pipeline.shard`), ``OUT/config.yaml`` and ``OUT/stats.json`` (per rank
+(:mod:`~relight_stream.pipeline.shard`), ``OUT/config.yaml`` and ``OUT/stats.json`` (:mod:`.recipes_report`; per rank
 ``stats-rankNNN.json`` when distributed; the last rank to finish merges them into ``stats.json``). The counts in
 ``stats.json`` (ok/skipped/failed, ``drops`` by reason) are those of the shards this run committed.
 
@@ -28,17 +28,16 @@ from typing import Any, Iterator
 from relight_stream.config import GenerateConfig, RunConfig, config_to_dict, dump_config
 from relight_stream.log import DropCounter, rank_world
 from relight_stream.pipeline import shard as S
-from relight_stream.pipeline.decode import decode_batches, resolve_dali
-from relight_stream.pipeline.runner import DECODE_WRITES, StageSetupError, run_stages
+from relight_stream.pipeline.decode import decode_batches, decode_writes, resolve_dali
+from relight_stream.pipeline.recipes_report import dry_run_report, write_stats
+from relight_stream.pipeline.runner import StageSetupError, run_stages
 from relight_stream.pipeline.sources import Plan, WorkUnit, make_plan
 from relight_stream.pipeline.stage import Stage, check_pipeline, describe_pipeline
 from relight_stream.sample import SampleBatch
 
 log = logging.getLogger(__name__)
-
-# bytes per pixel of each member (measured on photos at 256², q95), for the --dry-run disk estimate
-_BYTES_PER_PX = {"target.jpg": 0.5, "albedo.jpg": 0.5, "input.jpg": 0.25, "shading.jpg": 0.2, "mask.png": 0.05,
-                 "normals.png": 0.45, "depth.npy": 2.0, ".jpg": 0.3, ".png": 0.45, ".npy": 2.0}
+__all__ = ["ShardSink", "StopFlag", "build_generate_stages", "check_local_out", "dry_run_report", "run_generate",
+           "unit_batches", "write_shards", "write_stats"]
 
 
 def run_generate(cfg: GenerateConfig, run: RunConfig, *, stages: list[Stage] | None = None) -> int:
@@ -54,13 +53,21 @@ def run_generate(cfg: GenerateConfig, run: RunConfig, *, stages: list[Stage] | N
     rank, world = rank_world()
     if not cfg.out:
         raise ValueError("generate needs --out DIR")
+    check_local_out(cfg.out)
+    if cfg.shard.new_run and cfg.shard.overwrite:
+        raise ValueError("--new-run (move the previous outputs aside) and --overwrite (replace them) exclude "
+                         "each other")
+    if cfg.shard.new_run and world > 1:
+        raise ValueError(f"--new-run needs a single process (got WORLD_SIZE={world}): ranks cannot move {cfg.out} "
+                         "aside in step; move it yourself or start the new run with one process")
     if not cfg.inputs:
         raise ValueError("generate needs at least one INPUT (folder, CSV/parquet list or .tar shards)")
 
     plan = make_plan(cfg.inputs, samples_per_shard=cfg.shard.samples_per_shard)
     stages = build_generate_stages(cfg, run) if stages is None else stages
-    check_pipeline(DECODE_WRITES, stages)
-    fields = S.output_fields(_produced(stages), write_artifacts=cfg.shard.write_artifacts)
+    source = decode_writes(cfg.decode)
+    check_pipeline(source, stages)
+    fields = S.output_fields(_produced(source, stages), write_artifacts=cfg.shard.write_artifacts)
     chash = S.config_hash(config_to_dict(cfg), seed)
     mine = plan.for_rank(rank, world)
     if cfg.fast_dev_run:
@@ -72,6 +79,8 @@ def run_generate(cfg: GenerateConfig, run: RunConfig, *, stages: list[Stage] | N
 
     os.makedirs(cfg.out, exist_ok=True)
     with S.RunLock(cfg.out, rank):
+        if cfg.shard.new_run:
+            S.move_aside(cfg.out)
         S.clean_stale_temps(cfg.out, {u.name for u in mine})
         names = {u.name for u in plan.units}
         todo, done = S.classify_shards(cfg.out, mine, names, chash=chash, overwrite=cfg.shard.overwrite,
@@ -80,7 +89,7 @@ def run_generate(cfg: GenerateConfig, run: RunConfig, *, stages: list[Stage] | N
             dump_config(cfg, os.path.join(cfg.out, "config.yaml"), run=run)
         log.info("%d inputs in %d shards; rank %d/%d: %d to do, %d already done", plan.num_inputs, len(plan.units),
                  rank, world, len(todo), len(done))
-        log.info("pipeline:\n%s", describe_pipeline("decode", DECODE_WRITES, stages))
+        log.info("pipeline:\n%s", describe_pipeline("decode", source, stages))
         result = write_shards(cfg, run, todo, stages, fields, seed=seed, chash=chash)
     result.update(planned_shards=len(plan.units), rank_shards=len(mine), done_before=len(done),
                   ignored=plan.ignored, partial_inputs=plan.partial_inputs)
@@ -111,8 +120,20 @@ def build_generate_stages(cfg: GenerateConfig, run: RunConfig) -> list[Stage]:
     return stages
 
 
-def _produced(stages: list[Stage]) -> set[str]:
-    have = set(DECODE_WRITES)
+def check_local_out(out: str) -> None:
+    """Outputs go to a local or shared (mounted) filesystem: fsspec URLs are refused before anything runs.
+
+    Raises:
+        ValueError: ``out`` is a URL (``s3://``, ``gs://``, ``file://``, ...).
+    """
+    if "://" in out:
+        raise ValueError(f"--out {out!r}: fsspec/object-store outputs are not supported (atomic rename, fsync and "
+                         "run.lock need a local or shared filesystem); write to a local or mounted folder and copy "
+                         "the finished shards")
+
+
+def _produced(source: tuple[str, ...], stages: list[Stage]) -> set[str]:
+    have = set(source)
     for st in stages:
         have |= set(st.writes)
     return have
@@ -221,7 +242,8 @@ def write_shards(cfg: GenerateConfig, run: RunConfig, todo: list[WorkUnit], stag
             sink = ShardSink(cfg, remaining, fields, seed=seed, chash=chash)
             try:
                 st = run_stages(unit_batches(remaining, cfg, seed=seed, dali=dali), stages, sink, drops=drops,
-                                total=sum(len(u.items) for u in remaining), should_stop=stop, desc="generate")
+                                source_writes=decode_writes(cfg.decode), total=sum(len(u.items) for u in remaining),
+                                should_stop=stop, desc="generate")
             except (OSError, KeyboardInterrupt, StageSetupError) as exc:  # disk full, 2nd signal, no model: abort
                 sink.abort()
                 written += sink.written
@@ -287,61 +309,3 @@ def _exit_code(result: dict[str, Any], plan: Plan, cfg: GenerateConfig) -> int:
                   "to accept)", ", ".join(plan.partial_inputs))
         return 1
     return 0
-
-
-def write_stats(out: str, stats: dict[str, Any]) -> None:
-    """``stats.json`` (one process) or ``stats-rankNNN.json``, merged into ``stats.json`` once every rank wrote."""
-    rank, world = stats["rank"], stats["world"]
-    if world == 1:
-        S.atomic_write(os.path.join(out, "stats.json"), S.json_bytes(stats, indent=1) + b"\n")
-        return
-    S.atomic_write(os.path.join(out, f"stats-rank{rank:03d}.json"), S.json_bytes(stats, indent=1) + b"\n")
-    import json
-
-    parts = []
-    for r in range(world):
-        p = os.path.join(out, f"stats-rank{r:03d}.json")
-        if not os.path.isfile(p):
-            return
-        with open(p) as f:
-            parts.append(json.load(f))
-    merged: dict[str, Any] = {"world": world, "ranks": parts, "drops": {}}
-    for k in ("inputs", "ok", "skipped", "failed", "shards_written", "shards_failed"):
-        merged[k] = sum(p.get(k, 0) for p in parts)
-    for p in parts:
-        for reason, n in p.get("drops", {}).items():
-            merged["drops"][reason] = merged["drops"].get(reason, 0) + n
-    merged["wall_s"] = max(p.get("wall_s", 0.0) for p in parts)
-    merged["samples_per_s"] = round(merged["ok"] / merged["wall_s"], 2) if merged["wall_s"] else 0.0
-    merged["exit_code"] = max(p.get("exit_code", 0) for p in parts)
-    S.atomic_write(os.path.join(out, "stats.json"), S.json_bytes(merged, indent=1) + b"\n")
-
-
-def dry_run_report(cfg: GenerateConfig, plan: Plan, mine: list[WorkUnit], stages: list[Stage], fields: list[str],
-                   chash: str) -> str:
-    """What ``generate`` would do; reads existing records but loads no model and writes nothing."""
-    done, stale = [], []
-    for u in mine:
-        rec = S.read_record(cfg.out, u.name) if os.path.isdir(cfg.out) else None
-        if rec is None:
-            continue
-        ok = rec.get("config_hash") == chash and rec.get("input_fingerprint") == u.fingerprint()
-        (done if ok else stale).append(u.name)
-    members = S.member_names(fields)
-    px = cfg.decode.resolution**2
-    per_sample = sum(_BYTES_PER_PX.get(m, _BYTES_PER_PX.get(os.path.splitext(m)[1], 0.0)) for m in members) * px
-    per_sample += 3072  # meta.json, instruction.txt, tar headers
-    n_todo = sum(len(u.items) for u in mine if u.name not in done)
-    lines = [
-        f"inputs:       {plan.num_inputs} (ignored: {plan.ignored or 'none'}; truncated tars: "
-        f"{plan.partial_inputs or 'none'})",
-        f"shards:       {len(plan.units)} of {cfg.shard.samples_per_shard}; this rank: {len(mine)}, "
-        f"to do {len(mine) - len(done)}, to skip (done) {len(done)}, changed since written {len(stale)}",
-        f"output:       {cfg.out}/shard-NNNNNN.tar + shard-NNNNNN.json, config.yaml, stats.json",
-        f"members:      {', '.join(members)} at {cfg.decode.resolution}px",
-        f"config hash:  {chash}",
-        f"disk (est.):  {per_sample * n_todo / 2**20:.1f} MiB for {n_todo} samples",
-        "pipeline:",
-        describe_pipeline("decode", DECODE_WRITES, stages),
-    ]
-    return "\n".join(lines)

@@ -16,9 +16,9 @@ INPUT forms (any mix; brace patterns ``{000..009}`` and globs are expanded):
   common folder of all listed paths (its parent when they all share one folder, so that a split of an FFHQ tree
   keeps ``00000/00042``). Other columns are carried in ``InputItem.extra`` (→ ``meta.source_row``).
   A listed file that does not exist becomes a ``decode:missing_file`` record, not an error.
-* WebDataset tar shards (``.tar``), local paths or fsspec URLs (``s3://…``, ``https://…``). Keys are parsed exactly
-  as webdataset does (the member path up to the first dot of its basename), then made valid with
-  :func:`relight_stream.keys.sanitize_key`. The image member is the one whose (lowercased) extension is an image
+* WebDataset tar shards (``.tar``; :mod:`~relight_stream.pipeline.sources_tar`), local paths or fsspec URLs
+  (``s3://…``, ``https://…``). Keys are parsed exactly as webdataset does (the member path up to the first dot of
+  its basename), then made valid with :func:`relight_stream.keys.sanitize_key`. The image member is the one whose (lowercased) extension is an image
   extension. A truncated tar keeps the samples before the cut and is listed in ``Plan.partial_inputs`` (B1);
   non-adjacent members of one key (B2) and a duplicate ``key.ext`` (B3) raise ``ValueError``; a sample with no
   image member becomes a ``decode:missing_component`` record (B4).
@@ -36,7 +36,6 @@ import glob
 import hashlib
 import logging
 import os
-import tarfile
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -250,89 +249,6 @@ def scan_list(path: str) -> list[InputItem]:
     return items
 
 
-def _wds_split(name: str) -> tuple[str | None, str | None]:
-    """webdataset's ``base_plus_ext``: key = path up to the first dot of the basename."""
-    head, _, base = name.rpartition("/")
-    if "." not in base or base.startswith("."):
-        return None, None
-    stem, ext = base.split(".", 1)
-    return (f"{head}/{stem}" if head else stem), ext
-
-
-def _pick_image(members: dict[str, tarfile.TarInfo]) -> str | None:
-    for ext in IMAGE_EXTS:  # a plain image extension first, then a dotted one ending in an image extension
-        if ext in members:
-            return ext
-    cands = sorted(s for s in members if s.rsplit(".", 1)[-1] in IMAGE_EXTS)
-    return cands[0] if cands else None
-
-
-def scan_tar(url: str, ignored: Counter, partial: list[str]) -> list[InputItem]:
-    """Items of one WebDataset tar, from its headers only (data is read later by offset)."""
-    if "://" in url:
-        import fsspec
-
-        fs, p = fsspec.core.url_to_fs(url)
-        total, mtime = int(fs.size(p)), 0
-    else:
-        st = os.stat(url)
-        total, mtime = st.st_size, st.st_mtime_ns
-    items: list[InputItem] = []
-    if total == 0:
-        log.warning("input tar %s is empty", url)
-        return items
-    done: set[str] = set()
-    cur_key: str | None = None
-    cur: dict[str, tarfile.TarInfo] = {}
-
-    def flush() -> None:
-        if cur_key is None:
-            return
-        done.add(cur_key)
-        key = sanitize_key(cur_key)
-        suffix = _pick_image(cur)
-        if suffix is None:
-            items.append(InputItem(key, url, member=f"{cur_key}.*", mtime_ns=mtime, missing="missing_component"))
-            return
-        ti = cur[suffix]
-        items.append(InputItem(key, url, member=ti.name, offset=ti.offset_data, size=ti.size, mtime_ns=mtime,
-                               ext=suffix.rsplit(".", 1)[-1]))
-
-    with _open(url) as f:
-        try:
-            tf = tarfile.open(fileobj=f, mode="r:")
-            for ti in tf:
-                if not ti.isreg():
-                    continue
-                if ti.offset_data + ti.size > total:
-                    raise tarfile.ReadError(f"member {ti.name} is cut short")
-                if ti.name.rsplit("/", 1)[-1].startswith("."):
-                    ignored["hidden"] += 1
-                    continue
-                prefix, suffix = _wds_split(ti.name)
-                if prefix is None:
-                    ignored["no_extension"] += 1
-                    continue
-                suffix = suffix.lower()
-                if prefix != cur_key:
-                    flush()
-                    if prefix in done:
-                        raise ValueError(f"{url}: the members of key {prefix!r} are not adjacent ({ti.name})")
-                    cur_key, cur = prefix, {}
-                if suffix in cur:
-                    raise ValueError(f"{url}: duplicate member {ti.name!r} in the tar")
-                cur[suffix] = ti
-            if total - tf.offset < 512:  # tarfile stops silently at a cut header: no end-of-archive block
-                raise tarfile.ReadError(f"no end-of-archive marker after byte {tf.offset} of {total}")
-        except (tarfile.ReadError, EOFError, OSError) as exc:
-            log.error("input tar %s is truncated or unreadable (%s); keeping the samples before the cut", url, exc)
-            partial.append(url)
-            cur = {}  # the sample at the cut may be incomplete: drop it
-            cur_key = None
-    flush()
-    return items
-
-
 # ---------------------------------------------------------------------------------------------- plan
 
 
@@ -356,6 +272,8 @@ def discover(inputs: Iterable[str]) -> tuple[list[InputItem], dict[str, int], li
         if ext == "tar":
             if "://" not in spec and not os.path.isfile(spec):
                 raise ValueError(f"input not found: {spec}")
+            from relight_stream.pipeline.sources_tar import scan_tar
+
             items.extend(scan_tar(spec, ignored, partial))
         elif ext in LIST_EXTS:
             if "://" not in spec and not os.path.isfile(spec):

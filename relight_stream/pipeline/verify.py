@@ -147,6 +147,9 @@ def run_verify(cfg: VerifyConfig, run: RunConfig) -> int:
     """``relight-stream verify DIR``: 0 when every shard matches its record and loads, else 1."""
     if not cfg.out:
         raise ValueError("verify needs a DIR")
+    if "://" in cfg.out:
+        raise ValueError(f"verify {cfg.out!r}: fsspec/object-store outputs are not supported; verify a local or "
+                         "mounted folder")
     problems, summary = verify_dir(cfg.out)
     for p in problems:
         log.error("verify: %s", p)

@@ -104,3 +104,20 @@ def test_mixed_decode_keeps_the_batch_on_the_gpu_and_matches_the_cpu_path(tmp_pa
     assert gpu["rgb_BHW3"].is_cuda and gpu.drop_reason == cpu.drop_reason
     diff = np.abs(gpu["rgb_BHW3"].cpu().numpy().astype(int) - cpu["rgb_BHW3"].astype(int))
     assert diff.mean() < 6
+
+
+@pytest.mark.gpu
+def test_mixed_decode_checks_constant_rows_and_keeps_alpha_on_the_gpu(tmp_path, monkeypatch):
+    import torch
+
+    files = {"photo.jpg": fx.jpeg_bytes(fx.noise(96, 128, seed=1)), "black.jpg": fx.jpeg_bytes(np.zeros((64, 64, 3),
+                                                                                                        np.uint8))}
+    items = _items(tmp_path, files)
+    cfg = DecodeConfig(resolution=64, min_size=16, batch_size=4, backend="dali", keep_alpha=True)
+    dali = resolve_dali(cfg, "cuda")
+    (batch,) = decode_batches(items, cfg, dali=dali)
+    assert batch.num_kept == 2 and batch["alpha_BHW"].is_cuda and bool((batch["alpha_BHW"] == 1).all())
+    monkeypatch.setattr(type(dali), "decode", lambda self, blobs, pool=None: torch.zeros(
+        (len(blobs), 64, 64, 3), dtype=torch.uint8, device="cuda"))
+    (batch,) = decode_batches(items, cfg, dali=dali)
+    assert dict(zip(batch.keys, batch.drop_reason)) == {"black": None, "photo": "decode:suspicious_decode"}
