@@ -157,7 +157,7 @@ def cli(ctx: click.Context, seed: int | None, device: str, log_level: str, offli
 @click.option("--threshold", type=float, default=None, help="Keep images scoring at least T.")
 @click.option("--splits", default=None, help="Train,val,test fractions, e.g. 0.8,0.1,0.1 (seeded, disjoint).")
 @click.option("--from-scores", type=click.Path(), default=None, help="Re-select from scores.parquet (or its folder).")
-@click.option("--clip-model", default=None, help="ViT-L-14 (default) | ViT-B-32 | tiny")
+@click.option("--clip-model", default=None, help="ViT-L-14 (default) | ViT-B-32 | tiny | any open_clip name (open_clip:<Name>)")
 @click.option("--clip-pretrained", default=None, help="openai | random | org/name@revision | local checkpoint")
 @click.option("--backend", default=None, help="CLIP engine backend: auto | eager | compile | onnxruntime | tensorrt")
 @click.option("--save-embeddings", is_flag=True, default=None, help="Also write embeddings.npy (CLIP scorers).")

@@ -22,6 +22,21 @@ def rank_world() -> tuple[int, int]:
     return rank, world
 
 
+def rank_device(device: str) -> str:
+    """``auto``/``cuda`` under a multi-process launch -> ``cuda:LOCAL_RANK`` (mod the GPU count), made current;
+    anything else unchanged. Without it every rank of a node would land on GPU 0."""
+    local = os.environ.get("LOCAL_RANK")
+    if local is None or device not in ("auto", "cuda"):
+        return device
+    import torch
+
+    if not torch.cuda.is_available():
+        return device
+    dev = f"cuda:{int(local) % torch.cuda.device_count()}"
+    torch.cuda.set_device(dev)
+    return dev
+
+
 def setup_logging(level: str = "INFO", *, log_file: str | None = None) -> None:
     """Configure the root logger once; records are prefixed with host and rank when running distributed."""
     rank, world = rank_world()

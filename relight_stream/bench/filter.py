@@ -9,7 +9,9 @@ Rows (each with ``img_s``):
   WebDataset shard of 256² JPEGs, with the fastest backend's engine already built and warm.
 
 Config: ``backend`` (``auto`` = every backend), ``batch_sizes`` (a sweep; default 256 on CUDA, 16 on a CPU,
-8 with ``--tiny``), ``precision`` (CUDA only; the default means bf16), ``repeats``/``warmup``.
+8 with ``--tiny``), ``precision`` (CUDA only; none given means ``filter``'s ``auto``: bf16), ``repeats``/``warmup``.
+The e2e rows use ``filter``'s CPU thread default (``torch_threads``/``decode_workers`` columns);
+``OMP_NUM_THREADS=N`` keeps torch at N threads instead (the before/after comparison).
 
 Flavor: ``tiny`` with ``--tiny``; otherwise ``vit-b-32`` on a CPU (``vit-l-14`` would take minutes there) and
 ``vit-l-14`` on CUDA, where the target is ≥ 3,000 images/s (FACTS.md §2: 162 GFLOP per image, so 3,000 img/s
@@ -70,11 +72,17 @@ def write_jpeg_shard(path: Path, images: np.ndarray) -> Path:
 
 
 def _precision(backend: str, cuda: bool, asked: str) -> str:
-    """The precision a row runs at: fp32 on a CPU; on CUDA ``asked``, where the config's default ``fp32`` means
-    the filter's production setting (bf16; fp16 for onnxruntime, which has no bf16 kernels)."""
+    """The precision a row runs at: fp32 on a CPU; on CUDA ``asked``, where ``auto`` or no ``--precision`` (the
+    value BenchConfig defaults to, whatever it is) means ``filter``'s own setting, ``ClipConfig.precision``
+    resolved by :func:`resolve_precision` (``auto``: bf16); fp16 for onnxruntime, which has no bf16 kernels."""
+    import dataclasses
+
+    from relight_stream.pipeline.clip_filter import resolve_precision
+
     if not cuda:
         return "fp32"
-    p = "bf16" if asked == "fp32" else asked
+    unset = next(f.default for f in dataclasses.fields(BenchConfig) if f.name == "precision")
+    p = resolve_precision(ClipConfig().precision if asked in ("auto", unset) else asked, "cuda")
     return "fp16" if backend == "onnxruntime" and p == "bf16" else p
 
 
@@ -125,25 +133,44 @@ def _clip_rows(flavor: str, dev: Any, batches: list[int], cfg: BenchConfig) -> t
 
 
 def _e2e_row(scorer: str, shard: Path, n: int, engine: Any, run: RunConfig, batch: int) -> dict[str, Any]:
-    """Stream the shard through decode and the scorer stages (``filter``'s loop) with a warm engine."""
+    """Stream the shard through decode and the scorer stages (``filter``'s loop) with a warm engine.
+
+    On a CPU, torch's threads are set as ``filter`` sets them (:func:`configure_threads`) and a CLIP engine is
+    rebuilt after that (an onnxruntime session keeps the thread count it was created with), then restored.
+    """
+    import torch
+
+    from relight_stream.engines.registry import create_engine
     from relight_stream.pipeline.decode import decode_batches, resolve_dali
-    from relight_stream.pipeline.filter_run import ScoresSink, build_stages
+    from relight_stream.pipeline.filter_run import ScoresSink, build_stages, configure_threads, decode_workers
     from relight_stream.pipeline.runner import run_stages
     from relight_stream.pipeline.sources import discover
 
     clip = ClipConfig(model="tiny", pretrained=None, batch_size=batch)
     cfg = FilterConfig(inputs=[str(shard)], out="-", scorer=scorer, decode=DecodeConfig(resolution=224,
                                                                                            batch_size=batch), clip=clip)
-    stages = build_stages(cfg, run)
-    for st in stages:
-        if st.name == "clip":
-            st.engine = engine  # built and warmed by the model rows: time the stream, not the model build
-    items, _, _ = discover(cfg.inputs)
-    sink = ScoresSink({it.key: it for it in items}, save_embeddings=False)
-    stats = run_stages(decode_batches(items, cfg.decode, dali=resolve_dali(cfg.decode, run.device)), stages, sink)
+    before = torch.get_num_threads()
+    threads = configure_threads(run.device, decode_workers(cfg)) if engine is not None else None
+    try:
+        if threads is not None:
+            engine = create_engine("clip", engine.spec.flavor, backend=engine.backend, device=engine.device,
+                                   precision=engine.precision)
+            with torch.inference_mode():
+                engine.encode_image(torch.rand(batch, 3, 224, 224))
+        stages = build_stages(cfg, run)
+        for st in stages:
+            if st.name == "clip":
+                st.engine = engine  # built and warmed: time the stream, not the model build
+        items, _, _ = discover(cfg.inputs)
+        sink = ScoresSink({it.key: it for it in items}, save_embeddings=False)
+        stats = run_stages(decode_batches(items, cfg.decode, dali=resolve_dali(cfg.decode, run.device)), stages, sink)
+    finally:
+        torch.set_num_threads(before)
     d = stats.as_dict()
     return {"name": f"filter-e2e-{scorer}", "backend": getattr(engine, "backend", "-") if scorer != "photometric"
             else "numpy", "batch": batch, "images": n, "ok": d["ok"], "img_s": d["samples_per_s"],
+            "torch_threads": (threads or torch.get_num_threads()) if engine is not None else None,
+            "decode_workers": decode_workers(cfg),
             "stage_ms_per_batch": d["stage_ms_per_batch"], "source_wait_ms_per_batch": d["source_wait_ms_per_batch"]}
 
 

@@ -60,6 +60,11 @@ def _specs(kind: str) -> dict[str, EngineSpec]:
 def get_spec(kind: str, flavor: str) -> EngineSpec:
     """The spec of ``kind``/``flavor``; ``ValueError`` listing the valid names otherwise."""
     specs = _specs(kind)
+    if flavor not in specs and kind == "clip" and flavor.startswith("open_clip:"):
+        from relight_stream.engines.clip import open_clip_flavor  # any open_clip architecture, registered on demand
+
+        open_clip_flavor(flavor)
+        specs = _specs(kind)
     if flavor not in specs:
         raise ValueError(f"unknown {kind} flavor {flavor!r}; valid flavors: {sorted(specs)}")
     return specs[flavor]

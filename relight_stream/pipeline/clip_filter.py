@@ -126,21 +126,32 @@ def _cached_revision(repo: str) -> str | None:
 def engine_args(cfg: ClipConfig) -> tuple[str, str | None]:
     """Engine flavor and weights for a :class:`ClipConfig`.
 
-    ``model`` is an open_clip name (``ViT-L-14`` -> flavor ``vit-l-14``) or a flavor. ``pretrained`` is ``None``
-    or ``random`` (random weights), a local checkpoint, ``org/name@revision``, or open_clip's ``openai`` tag,
-    which resolves to the flavor's hub copy at the revision already in the local Hugging Face cache.
+    ``model``: a registered flavor (``tiny``, ``vit-b-32``, ``vit-l-14``; ``ViT-L-14``/``ViT-B-32`` map to those,
+    the QuickGELU architecture of OpenAI's weights), ``open_clip:<Name>``, or any other name in
+    ``open_clip.list_models()`` (-> the pass-through flavor ``open_clip:<Name>``).
+    ``pretrained``: ``None``/``random`` (random weights), a local checkpoint, ``org/name@revision``, or an
+    open_clip tag: ``openai`` for the registered flavors resolves to the flavor's hub copy at the revision in the
+    local Hugging Face cache; any other tag (or any tag of a pass-through flavor) to open_clip's own weights file
+    in the local caches (:func:`relight_stream.engines.clip.resolve_open_clip_tag`). Nothing is downloaded.
 
     Raises:
-        ValueError: the ``openai`` tag with no cached copy (naming the id to pin), or another open_clip tag.
+        ValueError: an unknown model or tag, or tagged weights that are not in the local caches.
     """
-    flavor = cfg.model.lower()
+    from relight_stream.engines.clip import OPEN_CLIP_PREFIX, open_clip_flavor, resolve_open_clip_tag
+    from relight_stream.engines.registry import get_spec
+
     w = cfg.pretrained
+    try:
+        if cfg.model.startswith(OPEN_CLIP_PREFIX):
+            raise ValueError
+        flavor, name = cfg.model.lower(), get_spec("clip", cfg.model.lower()).config.get("open_clip_name")
+    except ValueError:  # not a registered flavor: an open_clip model name
+        flavor = open_clip_flavor(cfg.model)
+        name = flavor[len(OPEN_CLIP_PREFIX):]
     if w in (None, "", "random"):
         return flavor, None
     if "@" in w or "/" in w or Path(w).expanduser().exists():
         return flavor, w
-    from relight_stream.engines.registry import get_spec
-
     hf_id = get_spec("clip", flavor).hf_id
     if w == "openai" and hf_id:
         rev = _cached_revision(hf_id)
@@ -148,8 +159,23 @@ def engine_args(cfg: ClipConfig) -> tuple[str, str | None]:
             return flavor, f"{hf_id}@{rev}"
         raise ValueError(f"clip.pretrained='openai' for {cfg.model}: not in the local Hugging Face cache; set "
                          f"clip.pretrained (config YAML) to {hf_id}@<commit>, a local checkpoint, or 'random'")
-    raise ValueError(f"clip.pretrained={w!r}: open_clip tags other than 'openai' are not mapped; give "
-                     f"'org/name@revision' or a local checkpoint path")
+    if not name:
+        raise ValueError(f"clip.pretrained={w!r}: clip flavor {flavor!r} has no open_clip tags; give "
+                         f"'org/name@revision', a local checkpoint path or 'random'")
+    name, path = resolve_open_clip_tag(name, w)
+    return open_clip_flavor(name), path
+
+
+def resolve_precision(precision: str, device: Any = "auto") -> str:
+    """``ClipConfig.precision`` on ``device``: ``auto`` is bf16 on CUDA and fp32 on a CPU; others as given."""
+    if precision != "auto":
+        return precision
+    kind = str(getattr(device, "type", device) or "auto").split(":")[0]
+    if kind == "auto":
+        from relight_stream.engines.registry import resolve_device
+
+        kind = resolve_device("auto").type
+    return "bf16" if kind == "cuda" else "fp32"
 
 
 def _to_torch(x: Any, device: Any):
@@ -204,12 +230,10 @@ class ClipScoreStage(Stage):
         import torch
 
         if self.engine is None:
-            from relight_stream.engines.registry import create_engine, resolve_device
+            from relight_stream.engines.registry import create_engine
 
             flavor, weights = engine_args(self.cfg)
-            precision = self.cfg.precision
-            if precision == "auto":
-                precision = "bf16" if resolve_device(self.device).type == "cuda" else "fp32"
+            precision = resolve_precision(self.cfg.precision, self.device)
             self.engine = create_engine("clip", flavor, backend=self.cfg.backend, weights=weights,
                                         device=self.device, precision=precision)
         eng = self.engine

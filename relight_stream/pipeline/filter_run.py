@@ -14,16 +14,30 @@ Reads INPUTs (folders, CSV/parquet lists, WebDataset tars: :mod:`relight_stream.
   ``scores.parquet`` (NaN rows for samples without an embedding); ``config.yaml``.
 
 Every file is written atomically (temporary name, fsync, rename), so an interrupted run never leaves a half file.
-Flow: discover → decode batches → photometric and/or CLIP stage → a sink that records every sample → select.
+Flow: plan → decode batches → photometric and/or CLIP stage → a sink that records every sample → select.
+
+Several ranks (``torchrun``/``accelerate launch`` set ``RANK``/``WORLD_SIZE``; ``--out`` on a shared file system):
+rank ``r`` scores the work units ``k`` (``samples_per_unit`` inputs each) with ``k mod WORLD_SIZE == r`` and
+writes ``scores-rankNNN.parquet`` (+ ``embeddings-rankNNN.npy``) stamped with the run's fingerprint; rank 0 waits
+for every part of *this* run, merges them through the same table normalisation as one process, writes the outputs
+above (the same bytes as a one-process run: the table, selection and splits depend only on keys and scores) and
+removes the parts. No process group is needed. With ``--device auto``/``cuda``, rank ``r`` uses ``cuda:LOCAL_RANK``.
+
+CPU threads: with a CLIP stage on a CPU, torch (and onnxruntime sessions built after it) gets ``cores − decode
+workers`` threads (:func:`configure_threads`) unless ``OMP_NUM_THREADS`` or ``torch_threads`` says otherwise.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import io
 import json
 import logging
+import os
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +45,10 @@ import numpy as np
 import pandas as pd
 
 from relight_stream.config import FilterConfig, RunConfig, config_to_dict, dump_config
-from relight_stream.log import rank_world
-from relight_stream.pipeline.selection import (
-    BASE_COLUMNS, contact_sheet, ranking_score, select, sheet_rows, top_negative, write_selection,
+from relight_stream.log import rank_device, rank_world
+from relight_stream.pipeline.selection import (  # noqa: F401 (read_scores/write_scores: public here too)
+    BASE_COLUMNS, contact_sheet, ranking_score, read_scores, select, sheet_rows, top_negative, write_scores,
+    write_selection,
 )
 from relight_stream.pipeline.shard import atomic_write
 from relight_stream.pipeline.stage import Stage, describe_pipeline
@@ -105,43 +120,25 @@ class ScoresSink:
             if key not in self.rows:
                 self.rows[key] = {**self._base(key), "status": "failed", "reason": "filter:not_processed",
                                   "detail": None}
-        df = pd.DataFrame([self.rows[k] for k in sorted(self.rows)])
-        scores = sorted({*self.columns, *(c for c in df.columns if c not in BASE_COLUMNS and c not in ITEM_COLUMNS)})
-        df = df.reindex(columns=[*BASE_COLUMNS, *ITEM_COLUMNS, *scores])  # a column nobody reached stays NaN
-        for c in scores:
-            df[c] = df[c].astype(float)
-        df[["width", "height"]] = df[["width", "height"]].astype("Int64")
-        neg = top_negative(df)
-        if neg is not None:
-            df["clip_top_negative"] = neg
-        return df
+        df = pd.DataFrame([self.rows[k] for k in sorted(self.rows)], columns=None if self.rows else [
+            *BASE_COLUMNS, *ITEM_COLUMNS])  # a rank with no work units still writes a (typed, empty) part
+        return normalize_table(df, self.columns)
 
 
-def write_scores(path: Path, df: pd.DataFrame, meta: dict[str, Any]) -> None:
-    """``scores.parquet`` with ``meta`` (JSON) in the schema metadata, written atomically."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+def normalize_table(df: pd.DataFrame, columns: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Key order, fixed column order and dtypes (scores float, sizes Int64), ``clip_top_negative`` recomputed.
 
-    table = pa.Table.from_pandas(df, preserve_index=False)
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}),
-                                           b"relight_stream": json.dumps(meta, default=str).encode()})
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    atomic_write(str(path), sink.getvalue().to_pybytes())
-
-
-def read_scores(path: str) -> pd.DataFrame:
-    """A ``scores.parquet`` (a file, or a folder holding one); ``ValueError`` when missing or not one of ours."""
-    p = Path(path)
-    p = p / "scores.parquet" if p.is_dir() else p
-    if not p.is_file():
-        raise ValueError(f"--from-scores: {p} not found")
-    import pyarrow.parquet as pq
-
-    df = pq.read_table(p).to_pandas()
-    missing = [c for c in ("key", "path", "status") if c not in df.columns]
-    if missing:
-        raise ValueError(f"--from-scores: {p} is not a filter scores table (no {missing} columns)")
+    The one-process table and the merge of several ranks' parts both go through here, so they are identical.
+    """
+    df = df.drop(columns=["clip_top_negative"], errors="ignore").sort_values("key", kind="stable", ignore_index=True)
+    scores = sorted({*columns, *(c for c in df.columns if c not in BASE_COLUMNS and c not in ITEM_COLUMNS)})
+    df = df.reindex(columns=[*BASE_COLUMNS, *ITEM_COLUMNS, *scores])  # a column nobody reached stays NaN
+    for c in scores:
+        df[c] = df[c].astype(float)
+    df[["width", "height"]] = df[["width", "height"]].astype("Int64")
+    neg = top_negative(df)
+    if neg is not None:
+        df["clip_top_negative"] = neg
     return df
 
 
@@ -194,13 +191,137 @@ def _stop_flag() -> tuple[threading.Event, Any]:
     return ev, lambda: [signal.signal(s, h) for s, h in old.items()]
 
 
+def configure_threads(device: str, decode_workers: int, asked: int = 0) -> int | None:
+    """Set torch's CPU intra-op threads so that the model does not fight the decode threads for cores.
+
+    On a CPU device: ``asked`` when > 0; else nothing when ``OMP_NUM_THREADS`` is set (the user's choice); else
+    ``max(1, cores − decode_workers)``, where cores are this process's usable cores shared among the node's
+    ranks (``LOCAL_WORLD_SIZE``). On 2 cores, torch's default of 2 threads next to 2 decode threads cut tiny-CLIP
+    ``filter`` throughput by an order of magnitude. onnxruntime sessions built afterwards take the same count.
+
+    Returns:
+        The thread count set, or None when nothing was changed (CUDA device, or ``OMP_NUM_THREADS`` set).
+    """
+    import torch
+
+    from relight_stream.engines.registry import resolve_device
+
+    if resolve_device(device).type != "cpu":
+        return None
+    if asked <= 0 and os.environ.get("OMP_NUM_THREADS"):
+        log.info("torch CPU threads: %d (OMP_NUM_THREADS is set)", torch.get_num_threads())
+        return None
+    cores = max(1, len(os.sched_getaffinity(0)) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+    n = asked if asked > 0 else max(1, cores - decode_workers)
+    torch.set_num_threads(n)
+    log.info("torch CPU threads: %d (%s; %d cores, %d decode workers)", n, "filter.torch_threads" if asked > 0
+             else "auto", cores, decode_workers)
+    return n
+
+
+def decode_workers(cfg: FilterConfig) -> int:
+    """Threads ``decode_batches`` uses for ``cfg`` (``decode.num_workers``, 0 meaning ``min(8, cpu_count)``)."""
+    return cfg.decode.num_workers or max(1, min(8, os.cpu_count() or 1))
+
+
+# ------------------------------------------------------------------------------------ several ranks
+
+
+def _part_path(out: Path, rank: int, what: str = "scores") -> Path:
+    return out / (f"scores-rank{rank:03d}.parquet" if what == "scores" else f"embeddings-rank{rank:03d}.npy")
+
+
+def run_fingerprint(items: list[Any], cfg: FilterConfig, seed: int, world: int) -> str:
+    """Identity of a multi-rank run (inputs, config, seed, world size and, under torchrun, the launch's run id and
+    rendezvous address): a part of another run never merges."""
+    launch = [os.environ.get(v) for v in ("TORCHELASTIC_RUN_ID", "MASTER_ADDR", "MASTER_PORT")]
+    h = hashlib.blake2b(digest_size=16)
+    h.update(json.dumps([config_to_dict(cfg), seed, world, launch], sort_keys=True, default=str).encode())
+    for it in items:
+        h.update(it.token().encode("utf-8", "surrogateescape") + b"\n")
+    return h.hexdigest()
+
+
+def _part_meta(path: Path) -> dict[str, Any] | None:
+    import pyarrow.parquet as pq
+
+    try:
+        raw = (pq.read_schema(path).metadata or {}).get(b"relight_stream")
+        return json.loads(raw).get("part") if raw else None
+    except Exception:  # not there yet, or being replaced: look again later
+        return None
+
+
+def wait_and_merge(out: Path, world: int, fingerprint: str, timeout_s: float,
+                   should_stop: Any = lambda: False) -> tuple[list[pd.DataFrame], list[np.ndarray | None], list[dict]]:
+    """Rank 0: wait until every rank's part of this run exists, then concatenate them.
+
+    Returns:
+        (each rank's table, its embeddings or None, its part meta with its run stats), by rank.
+
+    Raises:
+        TimeoutError: a part still missing ``timeout_s`` after the call (its rank died or is far behind).
+        KeyboardInterrupt: stopped by SIGINT/SIGTERM while waiting.
+    """
+    deadline, delay = time.monotonic() + timeout_s, 0.05
+    metas: dict[int, dict] = {}
+    while len(metas) < world:
+        for r in range(world):
+            if r not in metas:
+                m = _part_meta(_part_path(out, r))
+                if m is not None and m.get("fingerprint") == fingerprint:
+                    metas[r] = m
+        if len(metas) == world:
+            break
+        if should_stop():
+            raise KeyboardInterrupt("filter: interrupted while waiting for the other ranks")
+        if time.monotonic() > deadline:
+            missing = [str(_part_path(out, r)) for r in range(world) if r not in metas]
+            raise TimeoutError(f"filter: parts of this run still missing after {timeout_s:.0f} s: {missing}")
+        time.sleep(delay)
+        delay = min(2.0, delay * 1.5)
+    import pyarrow.parquet as pq
+
+    tables, embs = [], []
+    for r in range(world):
+        tables.append(pq.read_table(_part_path(out, r)).to_pandas())
+        e = _part_path(out, r, "embeddings")
+        embs.append(np.load(e) if metas[r].get("embeddings") and e.is_file() else None)
+    return tables, embs, [metas[r] for r in range(world)]
+
+
+def _merge_embeddings(tables: list[pd.DataFrame], embs: list[np.ndarray | None], keys: list[str]) -> np.ndarray | None:
+    """The parts' embedding rows re-ordered to ``keys`` (float16; NaN rows where a part had none)."""
+    found = {k: e[j] for t, e in zip(tables, embs) if e is not None for j, k in enumerate(t["key"])}
+    if not found:
+        return None
+    out = np.full((len(keys), len(next(iter(found.values())))), np.nan, np.float16)
+    for i, k in enumerate(keys):
+        if k in found:
+            out[i] = found[k]
+    return out
+
+
+def _merge_stats(metas: list[dict]) -> dict[str, Any]:
+    runs = [m["run"] for m in metas]
+    merged: dict[str, Any] = {k: sum(r[k] for r in runs) for k in ("inputs", "ok", "skipped", "failed")}
+    merged.update(world=len(runs), interrupted=any(r["interrupted"] for r in runs), ranks=runs)
+    return merged
+
+
 def run_filter(cfg: FilterConfig, run: RunConfig) -> int:
     """Entry point of ``relight-stream filter`` (see the module docstring). Returns the exit code.
+
+    Several ranks (``torchrun``/``accelerate launch``: ``RANK``/``WORLD_SIZE``): rank ``r`` scores the inputs of
+    work units ``k`` with ``k mod WORLD_SIZE == r`` (:meth:`Plan.for_rank`) and writes ``scores-rankNNN.parquet``
+    (+ ``embeddings-rankNNN.npy``) to the shared ``--out``; rank 0 then waits for every part of this run,
+    merges them and writes the same outputs as one process would, and removes the parts.
 
     Raises:
         ValueError: no ``--out``; neither INPUTs nor ``--from-scores`` (or both); no inputs found; a missing
             scores file, head or prompts file; a scorer the scores table cannot serve — all before any model
             loads or any output is written.
+        TimeoutError: rank 0 waited ``merge_timeout_s`` for another rank's part.
     """
     if not cfg.out:
         raise ValueError("filter: --out is required")
@@ -208,8 +329,9 @@ def run_filter(cfg: FilterConfig, run: RunConfig) -> int:
         raise ValueError("filter: give INPUT paths to score (or --from-scores FILE to re-select)")
     if cfg.inputs and cfg.from_scores:
         raise ValueError("filter: give INPUT paths to score or --from-scores FILE to re-select, not both")
-    if rank_world()[1] > 1:
-        raise NotImplementedError("filter on several ranks is not implemented yet: run it as one process")
+    rank, world = rank_world()
+    if world > 1:
+        run = dataclasses.replace(run, device=rank_device(run.device))
     seed = 0 if run.seed is None else int(run.seed)
     out = Path(cfg.out)
     rule = f"top {cfg.top}" if cfg.top is not None else f"score >= {cfg.threshold}" if cfg.threshold is not None \
@@ -217,6 +339,8 @@ def run_filter(cfg: FilterConfig, run: RunConfig) -> int:
     if cfg.from_scores:
         df = read_scores(cfg.from_scores)
         ranking_score(df, cfg.scorer)  # the table must carry this scorer's columns
+        if rank != 0:
+            return 0  # re-selection is cheap: rank 0 does it alone
         if cfg.dry_run:
             print(f"filter (dry run): re-select {len(df)} scored inputs from {cfg.from_scores} by {cfg.scorer}, "
                   f"{rule}, splits {cfg.splits}, seed {seed} -> {out} (nothing written)")
@@ -226,44 +350,89 @@ def run_filter(cfg: FilterConfig, run: RunConfig) -> int:
 
     from relight_stream.pipeline.decode import decode_batches, resolve_dali
     from relight_stream.pipeline.runner import DECODE_WRITES, run_stages
-    from relight_stream.pipeline.sources import discover
+    from relight_stream.pipeline.sources import make_plan
 
-    items_list, ignored, partial = discover(cfg.inputs)
+    plan = make_plan(cfg.inputs, samples_per_shard=cfg.samples_per_unit)
+    items_list = [it for u in plan.units for it in u.items]
     items = {it.key: it for it in items_list}
+    mine = [it for u in plan.for_rank(rank, world) for it in u.items]
     stages = build_stages(cfg, run)
     if cfg.dry_run:
-        print(f"filter (dry run): {len(items)} inputs (ignored {ignored or 'none'}), scorer {cfg.scorer}, {rule}, "
-              f"splits {cfg.splits}, seed {seed} -> {out} (nothing written)")
-        print(describe_pipeline("decode", DECODE_WRITES, stages))
+        if rank == 0:
+            print(f"filter (dry run): {len(items)} inputs in {len(plan.units)} units over {world} rank(s) (ignored "
+                  f"{plan.ignored or 'none'}), scorer {cfg.scorer}, {rule}, splits {cfg.splits}, seed {seed} -> "
+                  f"{out} (nothing written)")
+            print(describe_pipeline("decode", DECODE_WRITES, stages))
         return 0
     dali = resolve_dali(cfg.decode, run.device)  # an explicit, unavailable --decode.backend dali fails here
     out.mkdir(parents=True, exist_ok=True)
-    dump_config(cfg, out / "config.yaml", run=run)
+    if rank == 0:
+        dump_config(cfg, out / "config.yaml", run=run)
+    if world > 1:  # a part left by an interrupted earlier run must not be merged while this rank re-scores
+        _part_path(out, rank).unlink(missing_ok=True)
+        _part_path(out, rank, "embeddings").unlink(missing_ok=True)
+    threads_before = None
+    if any(st.name == "clip" for st in stages):
+        import torch
+
+        threads_before = torch.get_num_threads()
+        configure_threads(run.device, decode_workers(cfg), cfg.torch_threads)
     columns = tuple(w[: -len("_B")] for st in stages for w in st.writes if w.endswith("_B"))
-    sink = ScoresSink(items, cfg.save_embeddings, columns)
+    sink = ScoresSink({it.key: it for it in mine}, cfg.save_embeddings, columns)
     stop, restore = _stop_flag()
     try:
-        batches = decode_batches(items_list, cfg.decode, seed=seed, dali=dali)
-        stats = run_stages(batches, stages, sink, source_writes=DECODE_WRITES, total=len(items),
-                           should_stop=stop.is_set, desc="filter")
+        batches = decode_batches(mine, cfg.decode, seed=seed, dali=dali, num_workers=cfg.decode.num_workers)
+        stats = run_stages(batches, stages, sink, source_writes=DECODE_WRITES, total=len(mine),
+                           should_stop=stop.is_set, desc="filter" if world == 1 else f"filter r{rank}")
+        meta = {"config": config_to_dict(cfg), "seed": seed, "pipeline": [s.describe() or s.name for s in stages]}
+        clip = next((s for s in stages if s.name == "clip"), None)
+        if clip is not None:
+            meta["prompts"] = {g: list(t) for g, t in clip.prompts.items()}
+        df = sink.table()
+        run_stats = stats.as_dict()
+        emb = None
+        if world > 1:
+            fp = run_fingerprint(items_list, cfg, seed, world)
+            has_emb = bool(cfg.save_embeddings and sink.embeddings)
+            if has_emb:
+                sink.write_embeddings(_part_path(out, rank, "embeddings"), list(df["key"]))
+            part = {"rank": rank, "world": world, "fingerprint": fp, "run": run_stats, "embeddings": has_emb}
+            write_scores(_part_path(out, rank), df, {**meta, "part": part})
+            if rank != 0:
+                log.info("filter rank %d/%d: %d inputs scored -> %s; rank 0 merges", rank, world, len(mine),
+                         _part_path(out, rank))
+                return 130 if stats.interrupted else 0
+            try:
+                tables, embs, metas = wait_and_merge(out, world, fp, cfg.merge_timeout_s, stop.is_set)
+            except KeyboardInterrupt:
+                log.warning("filter interrupted while waiting for the other ranks' parts; nothing merged")
+                return 130
+            df = normalize_table(pd.concat([t for t in tables if len(t)] or tables, ignore_index=True), columns)
+            if len(df) != len(items) or set(df["key"]) != set(items):
+                raise RuntimeError(f"filter: the {world} parts hold {len(df)} rows, not the plan's {len(items)} inputs")
+            emb = _merge_embeddings(tables, embs, list(df["key"]))
+            run_stats = _merge_stats(metas)
     finally:
         restore()
-    df = sink.table()
-    meta = {"config": config_to_dict(cfg), "seed": seed, "pipeline": [s.describe() or s.name for s in stages]}
-    clip = next((s for s in stages if s.name == "clip"), None)
-    if clip is not None:
-        meta["prompts"] = {g: list(t) for g, t in clip.prompts.items()}
+        if threads_before is not None:
+            torch.set_num_threads(threads_before)  # a library caller's setting outlives this run
     write_scores(out / "scores.parquet", df, meta)
     (out / "embeddings.npy").unlink(missing_ok=True)  # rows of an earlier run's file would not match this table
-    if cfg.save_embeddings and sink.embeddings:
+    if world == 1 and cfg.save_embeddings and sink.embeddings:
         sink.write_embeddings(out / "embeddings.npy", list(df["key"]))
-    if partial:
-        log.warning("truncated input tars (samples after the cut are not in the plan): %s", partial)
-    extra = {"run": stats.as_dict(), "ignored": ignored, "partial_inputs": partial, "pipeline": meta["pipeline"]}
+    elif emb is not None:
+        buf = io.BytesIO()
+        np.save(buf, emb)
+        atomic_write(str(out / "embeddings.npy"), buf.getvalue())
+    if plan.partial_inputs:
+        log.warning("truncated input tars (samples after the cut are not in the plan): %s", plan.partial_inputs)
+    extra = {"run": run_stats, "ignored": plan.ignored, "partial_inputs": plan.partial_inputs,
+             "pipeline": meta["pipeline"]}
     _finish(cfg, out, df, seed, items, extra)
-    if stats.interrupted:
+    for r in range(world if world > 1 else 0):
+        _part_path(out, r).unlink(missing_ok=True)
+        _part_path(out, r, "embeddings").unlink(missing_ok=True)
+    if run_stats["interrupted"]:
         log.warning("filter interrupted: unprocessed inputs are recorded as filter:not_processed")
         return 130
     return 0
-
-

@@ -17,6 +17,7 @@ model loads.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
 import os
@@ -26,7 +27,7 @@ from collections import Counter
 from typing import Any, Iterator
 
 from relight_stream.config import GenerateConfig, RunConfig, config_to_dict, dump_config
-from relight_stream.log import DropCounter, rank_world
+from relight_stream.log import DropCounter, rank_device, rank_world
 from relight_stream.pipeline import shard as S
 from relight_stream.pipeline.decode import decode_batches, decode_writes, resolve_dali
 from relight_stream.pipeline.recipes_report import dry_run_report, write_stats
@@ -51,6 +52,7 @@ def run_generate(cfg: GenerateConfig, run: RunConfig, *, stages: list[Stage] | N
     """
     seed = 0 if run.seed is None else int(run.seed)
     rank, world = rank_world()
+    run = dataclasses.replace(run, device=rank_device(run.device))  # rank r of a node on cuda:LOCAL_RANK
     if not cfg.out:
         raise ValueError("generate needs --out DIR")
     check_local_out(cfg.out)

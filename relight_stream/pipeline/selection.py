@@ -186,6 +186,34 @@ def write_selection(out: Path, df: pd.DataFrame, *, scorer: str, top: int | None
     return sel, stats
 
 
+def write_scores(path: Path, df: pd.DataFrame, meta: dict[str, Any]) -> None:
+    """``scores.parquet`` with ``meta`` (JSON) in the schema metadata, written atomically."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                           b"relight_stream": json.dumps(meta, default=str).encode()})
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    atomic_write(str(path), sink.getvalue().to_pybytes())
+
+
+def read_scores(path: str) -> pd.DataFrame:
+    """A ``scores.parquet`` (a file, or a folder holding one); ``ValueError`` when missing or not one of ours."""
+    p = Path(path)
+    p = p / "scores.parquet" if p.is_dir() else p
+    if not p.is_file():
+        raise ValueError(f"--from-scores: {p} not found")
+    import pyarrow.parquet as pq
+
+    df = pq.read_table(p).to_pandas()
+    missing = [c for c in ("key", "path", "status") if c not in df.columns]
+    if missing:
+        raise ValueError(f"--from-scores: {p} is not a filter scores table (no {missing} columns)")
+    return df
+
+
 def sheet_rows(ranked: pd.DataFrame, cut_index: int, per_row: int) -> dict[str, pd.DataFrame]:
     """The rows of a contact sheet: ``top``, ``cut-off`` (centred on ``cut_index``) and ``bottom``."""
     n = len(ranked)

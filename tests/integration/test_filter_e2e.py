@@ -218,3 +218,82 @@ def test_only_unreadable_inputs_still_record_every_one_and_select_nothing(files,
     assert "photo_score" in df.columns and df["photo_score"].isna().all()
     assert read_csv(out / "selected.csv") == []
     assert json.loads((out / "stats.json").read_text())["selected"] == 0
+
+
+RANK_SCRIPT = """
+import json, sys
+from relight_stream.config import DecodeConfig, FilterConfig, RunConfig
+from relight_stream.pipeline.filter_run import run_filter
+a = json.loads(sys.argv[1])
+cfg = FilterConfig(inputs=a["inputs"], out=a["out"], top=6, splits=(0.5, 0.25, 0.25), contact_sheet=3,
+                   samples_per_unit=2, merge_timeout_s=60, decode=DecodeConfig(**a["decode"]))
+sys.exit(run_filter(cfg, RunConfig(seed=5)))
+"""
+
+
+def test_two_ranks_write_the_same_outputs_as_one_process(folder, files, tmp_path):
+    """A real 2-process run (RANK/WORLD_SIZE as torchrun sets them): byte-identical selection and splits."""
+    import os
+    import subprocess
+    import sys
+
+    from relight_stream.pipeline.sources import make_plan
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    cfg = FilterConfig(inputs=[str(folder)], out=str(one), top=6, splits=(0.5, 0.25, 0.25), contact_sheet=3,
+                       samples_per_unit=2, decode=DecodeConfig(**DECODE))
+    assert run_filter(cfg, RunConfig(seed=5)) == 0
+    arg = json.dumps({"inputs": [str(folder)], "out": str(two), "decode": DECODE})
+    procs = [subprocess.Popen([sys.executable, "-c", RANK_SCRIPT, arg], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True,
+                              env={**os.environ, "RANK": str(r), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"})
+             for r in (1, 0)]
+    for p in procs:
+        log_text = p.communicate(timeout=120)[0]
+        assert p.returncode == 0, log_text
+    for name in ("selected.csv", "train.csv", "val.csv", "test.csv", "contact_sheet.jpg"):
+        assert (two / name).read_bytes() == (one / name).read_bytes(), name
+    a, b = (pq.read_table(d / "scores.parquet").to_pandas() for d in (one, two))
+    assert len(b) == len(files) and a.equals(b)
+    assert not list(two.glob("*-rank*")), "the parts are removed after the merge"
+    # each rank scored exactly the inputs of its work units (k mod 2)
+    plan = make_plan([str(folder)], samples_per_shard=2)
+    ranks = json.loads((two / "stats.json").read_text())["run"]["ranks"]
+    assert [r["inputs"] for r in ranks] == [sum(len(u.items) for u in plan.for_rank(r, 2)) for r in (0, 1)]
+
+
+def test_rank_parts_merge_clip_scores_and_embeddings(files, folder, tmp_path, monkeypatch):
+    """Ranks 1 then 0 in this process (the file protocol only): tiny-CLIP scores and embeddings merge in key order."""
+    clip = ClipConfig(model="tiny", pretrained=None, backend="eager", batch_size=8)
+    cfg = FilterConfig(inputs=[str(folder)], out=str(tmp_path / "one"), scorer="combined", top=5,
+                       save_embeddings=True, contact_sheet=0, samples_per_unit=4, decode=DecodeConfig(**DECODE),
+                       clip=clip)
+    assert run_filter(cfg, RunConfig(seed=1, device="cpu")) == 0
+    two = tmp_path / "two"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for r in (1, 0):
+        monkeypatch.setenv("RANK", str(r))
+        assert run_filter(dataclasses.replace(cfg, out=str(two)), RunConfig(seed=1, device="cpu")) == 0
+        assert r == 0 or (two / "scores-rank001.parquet").is_file() and not (two / "scores.parquet").exists()
+    a, b = (pq.read_table(d / "scores.parquet").to_pandas() for d in (tmp_path / "one", two))
+    assert list(a["key"]) == list(b["key"]) and list(a.columns) == list(b.columns)
+    score_cols = [c for c in a.columns if a[c].dtype == float]
+    assert {"photo_score", "clip_score", "clip_g_good"} <= set(score_cols)
+    np.testing.assert_allclose(a[score_cols].to_numpy(float), b[score_cols].to_numpy(float), atol=1e-5)
+    ea, eb = np.load(tmp_path / "one" / "embeddings.npy"), np.load(two / "embeddings.npy")
+    assert ea.shape == eb.shape == (len(files), ea.shape[1])
+    np.testing.assert_allclose(ea.astype(np.float32), eb.astype(np.float32), atol=2e-3, equal_nan=True)
+
+
+def test_more_ranks_than_work_units_still_merge_every_input(folder, files, tmp_path, monkeypatch):
+    """One work unit over three ranks: ranks 1 and 2 write empty parts, rank 0's merge is the one-process table."""
+    cfg = FilterConfig(inputs=[str(folder)], out=str(tmp_path / "one"), top=4, contact_sheet=0,
+                       samples_per_unit=64, decode=DecodeConfig(**DECODE))
+    assert run_filter(cfg, RunConfig(seed=2)) == 0
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    for r in (2, 1, 0):
+        monkeypatch.setenv("RANK", str(r))
+        assert run_filter(dataclasses.replace(cfg, out=str(tmp_path / "three")), RunConfig(seed=2)) == 0
+    a, b = (pq.read_table(tmp_path / d / "scores.parquet").to_pandas() for d in ("one", "three"))
+    assert len(b) == len(files) and a.equals(b)
+    assert (tmp_path / "three" / "selected.csv").read_bytes() == (tmp_path / "one" / "selected.csv").read_bytes()
