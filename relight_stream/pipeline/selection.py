@@ -25,6 +25,7 @@ import csv
 import io
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -108,8 +109,12 @@ def assign_splits(keys: list[str], fractions: tuple[float, ...], seed: int) -> l
 
 
 def image_paths(rows: pd.DataFrame) -> pd.Series:
-    """The paths written into the CSVs: the file, or ``tar::member`` for a WebDataset member."""
-    path = rows["path"].astype(str)
+    """The paths written into the CSVs: the file, or ``tar::member`` for a WebDataset member.
+
+    Local paths are made absolute: a list input resolves relative paths against the list's own folder, so a
+    path relative to the working directory would point elsewhere once the CSV is read back.
+    """
+    path = rows["path"].astype(str).map(lambda p: p if "://" in p else os.path.abspath(p))
     if "member" not in rows.columns:
         return path
     member = rows["member"]

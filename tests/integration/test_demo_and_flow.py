@@ -17,8 +17,9 @@ from relight_stream.cli import cli
 from relight_stream.demo import run_demo
 
 
-def test_demo_runs_every_stage_and_reports_where_outputs_are(tmp_path, capsys):
-    out = tmp_path / "demo"
+def test_demo_runs_every_stage_and_reports_where_outputs_are(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a relative --out, as `make demo` uses: filter's CSV must still resolve
+    out = Path("demo")
     code = run_demo(C.DemoConfig(out=str(out), num_images=4, resolution=128, train_steps=4), C.RunConfig())
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
@@ -26,6 +27,8 @@ def test_demo_runs_every_stage_and_reports_where_outputs_are(tmp_path, capsys):
     steps = summary["steps"]
     assert list(steps) == ["filter", "generate", "verify", "train", "infer"]
     assert all(s["status"] == "ok" for s in steps.values()), steps
+    stats = json.loads((out / "shards" / "stats.json").read_text())
+    assert stats["inputs"] == 4 and stats["ok"] >= 2, stats  # the photos were found through selected.csv
     assert (out / "filter" / "scores.parquet").is_file() and (out / "filter" / "selected.csv").is_file()
     assert sorted(p.name for p in (out / "shards").glob("shard-*.tar"))  # at least one committed shard
     assert Path(summary["preview"]).is_file()
