@@ -3,13 +3,15 @@
 Writes ``<out>/inputs`` (scikit-image's bundled photos in an FFHQ-like nested layout, PNG and JPEG), then runs
 every command that is built: filter → generate (with a preview) → verify → train (tiny model, a few steps) →
 infer, and ends with ``<out>/summary.json`` listing each step's status and outputs. A step whose command is
-not built yet is reported as such, never faked.
+not built yet is reported as such, never faked. Each run starts afresh: the previous filter/, shards/, model/ and
+infer/ under ``<out>`` are removed first.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -19,6 +21,8 @@ import numpy as np
 from relight_stream import config as C
 
 log = logging.getLogger(__name__)
+
+DEMO_OUTPUTS = ("filter", "shards", "model", "infer")
 
 # Colour photos bundled with scikit-image (people, animals, objects, a scene); no network needed.
 DEMO_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "cat", "immunohistochemistry", "hubble_deep_field")
@@ -81,6 +85,8 @@ def run_demo(cfg: C.DemoConfig, run: C.RunConfig) -> int:
     """Build the demo inputs and run every built command on them; returns 0 when every built step succeeded."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    for sub in DEMO_OUTPUTS:  # the demo starts afresh each time (the real commands resume instead)
+        shutil.rmtree(out / sub, ignore_errors=True)
     run = C.RunConfig(seed=0 if run.seed is None else run.seed, device=run.device, log_level=run.log_level,
                       offline=run.offline)
     inputs = out / "inputs"

@@ -20,6 +20,8 @@ from relight_stream.demo import run_demo
 def test_demo_runs_every_stage_and_reports_where_outputs_are(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a relative --out, as `make demo` uses: filter's CSV must still resolve
     out = Path("demo")
+    (out / "shards").mkdir(parents=True)
+    (out / "shards" / "shard-000000.json").write_text("{}")  # a previous run's leftovers do not block a new demo
     code = run_demo(C.DemoConfig(out=str(out), num_images=4, resolution=128, train_steps=4), C.RunConfig())
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
