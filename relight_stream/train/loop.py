@@ -10,6 +10,22 @@ Reliability (RELIABILITY.md E1–E8): atomic checkpoints with a ``COMPLETE`` mar
 gradient norm is not finite is skipped and counted (no checkpoint while a streak lasts) and the run aborts after
 ``max_nonfinite_steps`` in a row; SIGTERM is all-reduced and every rank saves at the same step boundary, then
 the process exits with 143 (requeue); a missing seed is generated, logged and stored.
+
+Multi-process (one process per GPU, or N gloo processes on CPU; tested with 2 CPU processes for every form):
+
+- GPUs: ``torchrun --nproc_per_node N -m relight_stream train SHARDS --out DIR``;
+  ``accelerate launch --multi_gpu --num_processes N --no_python relight-stream train SHARDS --out DIR``;
+  ``accelerate launch --multi_gpu --num_processes N -m relight_stream.cli train SHARDS --out DIR``.
+- CPU: the same commands with ``--device cpu`` before ``train``, e.g. ``torchrun --nproc_per_node 2 -m
+  relight_stream --device cpu train …`` or ``accelerate launch --multi_gpu --num_processes 2 --num_machines 1
+  --mixed_precision no --dynamo_backend no --no_python relight-stream --device cpu train …``. Keep
+  ``--multi_gpu``: it is what makes accelerate start N processes (via torch.distributed.run) — ``accelerate
+  launch --cpu`` starts only one; ``--device cpu`` then makes each rank a gloo (MULTI_CPU) process.
+- Precision comes from train's ``--mixed-precision`` (default bf16), not accelerate's ``--mixed_precision``. The
+  accelerate flags may come from a ``--config_file`` instead (else ``~/.cache/huggingface/accelerate/
+  default_config.yaml`` is read when it exists). ``--no_python`` needs ``relight-stream`` on ``PATH``.
+- ``stats.json`` has ``world_size`` and a ``ranks`` list in which every rank reports its rank, pid, device,
+  distributed type, launcher and the samples it trained on.
 """
 
 from __future__ import annotations
@@ -63,6 +79,15 @@ class _Stop:
             signal.signal(sig, old)
 
 
+def _launcher() -> str:
+    """Which launcher started this process, from the variables it sets (for stats.json)."""
+    if "ACCELERATE_MIXED_PRECISION" in os.environ:
+        return "accelerate"
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        return "torchrun"
+    return "none" if "WORLD_SIZE" not in os.environ else "other"
+
+
 def _check(cfg: TrainConfig) -> tuple[list[str], str]:
     """Validate the run before any model loads (bad run -> ValueError)."""
     if not cfg.out:
@@ -89,7 +114,11 @@ def _check(cfg: TrainConfig) -> tuple[list[str], str]:
 
 
 def run_train(cfg: TrainConfig, run: RunConfig) -> int:
-    """Train; returns 0, 128 + signal (143 for SIGTERM: checkpointed, requeue) or ``EXIT_NONFINITE`` (3)."""
+    """Train; returns 0, 128 + signal (143 for SIGTERM: checkpointed, requeue) or ``EXIT_NONFINITE`` (3).
+
+    Runs as one process, or as one rank of a ``torchrun`` / ``accelerate launch`` job (the exact commands for CPU
+    and GPUs are in the module docstring); rank and world size come from the launcher's environment.
+    """
     shards, fmt = _check(cfg)
     out = Path(cfg.out)
     resume_path = ckpt.find_resume(cfg.resume, out / "checkpoints")
@@ -114,7 +143,7 @@ def run_train(cfg: TrainConfig, run: RunConfig) -> int:
 
 def _train(cfg: TrainConfig, run: RunConfig, accelerator: Any, *, shards: list[str], fmt: str,
            resume_path: Path | None, use_cpu: bool) -> int:
-    from accelerate.utils import broadcast_object_list, set_seed
+    from accelerate.utils import broadcast_object_list, gather_object, set_seed
 
     out = Path(cfg.out)
     rank, world = accelerator.process_index, accelerator.num_processes
@@ -172,6 +201,7 @@ def _train(cfg: TrainConfig, run: RunConfig, accelerator: Any, *, shards: list[s
     streak, exit_code, last_saved = 0, 0, -1
     loss_acc = torch.zeros((), device=accelerator.device)
     n_acc, t_log, steps_log, t0, start_step = 0, time.perf_counter(), 0, time.perf_counter(), step
+    samples_run, first_keys = 0, []
     with _Stop() as stop:
         while step < cfg.max_steps:
             bad = torch.zeros((), dtype=torch.bool, device=accelerator.device)
@@ -179,6 +209,8 @@ def _train(cfg: TrainConfig, run: RunConfig, accelerator: Any, *, shards: list[s
                 batch = next(batches)
                 data_pos[batch["worker"]] = batch["raw_pos"]
                 batches_done += 1
+                samples_run += len(batch["keys"])
+                first_keys = first_keys or list(batch["keys"])
                 sync = micro == cfg.grad_accum - 1
                 with contextlib.nullcontext() if sync else accelerator.no_sync(s.unet):
                     inp = loss_fn.prepare(batch, accelerator.device, gen)
@@ -240,13 +272,19 @@ def _train(cfg: TrainConfig, run: RunConfig, accelerator: Any, *, shards: list[s
     elapsed = time.perf_counter() - t0
     if exit_code == 0 and accelerator.is_main_process:
         s.save_final(out / "final", shards=shards, losses=losses, counters=counters, seed=seed, step=step)
+    # Every rank reports what it did (a collective: all ranks leave the loop at the same step), so stats.json
+    # shows the launcher really started `world` processes and each of them trained on its own data.
+    me = {"rank": rank, "local_rank": accelerator.local_process_index, "world_size": world, "pid": os.getpid(),
+          "device": str(accelerator.device), "distributed_type": accelerator.distributed_type.value,
+          "launcher": _launcher(), "samples": samples_run, "first_keys": first_keys}
+    ranks = gather_object([me]) if world > 1 else [me]
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         done = step - start_step
         stats = {"exit_code": exit_code, "step": step, "steps_this_run": done, "seconds": round(elapsed, 3),
                  "samples_per_s": done * cfg.batch_size * cfg.grad_accum * world / max(elapsed, 1e-9),
                  "losses": losses, "seed": seed, "world_size": world, "format": fmt, "last_checkpoint": last_saved,
-                 **counters, "config": config_to_dict(cfg)}
+                 "ranks": ranks, **counters, "config": config_to_dict(cfg)}
         (out / "stats.json").write_text(json.dumps(stats, indent=1))
         log.info("train done: exit %d, step %d, %.1f samples/s, %d non-finite steps skipped", exit_code, step,
                  stats["samples_per_s"], counters["nonfinite_total"])

@@ -8,10 +8,24 @@ Conditioning dropout (classifier-free guidance for text and image, InstructPix2P
 example): with ``p ~ U[0, 1)`` per sample, the text is dropped for ``p < 2 t`` and the image for
 ``t <= p < t + 2 i``; at t = i = 0.05 that is 5 % text only, 5 % both, 5 % image only.
 
-Light-transport consistency (optional, shards with ``input_l1/l2/l12``): the subject lit by L1, L2 and by
-L1 + L2 (summed in linear light by ``generate``) is the same edit problem with the same target, so the
-noise predictions conditioned on the three inputs must agree; the term is their mean squared deviation from
-the (stop-gradient) prediction for the main input, weighted by ``consistency_weight``.
+Light-transport consistency (optional, shards with ``input_l1/l2/l12``; ``--consistency``). IC-Light's
+principle is that light transport is linear: in linear HDR, the appearance under L1 + L2 is the appearance under
+L1 plus the appearance under L2. IC-Light relights *towards* a light condition, so its outputs differ per light
+and it imposes the sum on them: ‖M ⊙ (ε̂(L1+L2) − φ(ε̂(L1), ε̂(L2)))‖, with an MLP φ because VAE latents are
+not linear. Our direction is the reverse: the inputs are the subject relit by L1, L2 and L1 + L2 (``generate``
+renders them so that I(L1+L2) = I(L1) + I(L2) in linear light, which is where the principle is used: it makes the
+three inputs the *same subject* under consistent light) and all three share one target, the original photo.
+Additivity of outputs would demand x0 = x0 + x0, so the grounded constraint on the model is *invariance*: the
+three conditional predictions of the same target must agree. It is imposed in noise-prediction space, where it
+is exact and needs no φ: all three UNet calls see the same noisy latent x_t, timestep and text, so the denoised
+latent x̂0 = (x_t − σ_t ε̂) / α_t (and, for v-prediction, x̂0 = α_t x_t − σ_t v̂) is the same affine function of
+each prediction; equal ε̂ means equal x̂0 and equal decoded images. The term (:func:`consistency_loss`) is the
+spread of the K = 3 predictions around their mean, (1/K) Σ_k ‖ε̂_k − ε̄‖². It is the disagreement part of the
+diffusion loss on all K inputs, (1/K) Σ_k ‖ε̂_k − ε‖² = (1/K) Σ_k ‖ε̂_k − ε̄‖² + ‖ε̄ − ε‖², without the sampled
+noise ε (so low variance), symmetric (the shadowed I(L1) prediction is not made the anchor the better-lit
+I(L1+L2) one must copy), and zero exactly when the predictions agree. It is weighted by ``consistency_weight``.
+``input`` is I(L1) in ``generate``'s shards, so ``input_l1`` is used only when it differs from ``input``.
+No foreground mask is needed: the three inputs have the same grey background.
 """
 
 from __future__ import annotations
@@ -45,6 +59,21 @@ def to_unit(x: torch.Tensor, device: Any) -> torch.Tensor:
 
 def _on(x: torch.Tensor, device: Any) -> torch.Tensor:
     return x.to(device, non_blocking=True).float()
+
+
+def consistency_loss(preds: torch.Tensor) -> torch.Tensor:
+    """Spread of K predictions of the same target: mean over k and elements of ``(preds[k] - preds.mean(0))**2``.
+
+    Args:
+        preds: ``(K, B, C, H, W)`` noise (or v) predictions for K conditions of the same noisy latent.
+
+    Returns:
+        A scalar, 0 iff all K predictions are equal (exactly: it is computed from the pairwise differences,
+        (1/K) Σ_k ‖p_k − p̄‖² = (1/K²) Σ_{k<l} ‖p_k − p_l‖²); gradients reach every prediction.
+    """
+    k = preds.shape[0]
+    pairs = [(preds[a] - preds[b]).pow(2).mean() for a in range(k) for b in range(a + 1, k)]
+    return torch.stack(pairs).sum() / k**2 if pairs else preds.sum() * 0
 
 
 def sample_moments(moments: torch.Tensor, scaling: float, gen: torch.Generator) -> torch.Tensor:
@@ -83,6 +112,8 @@ class LossFn:
                                              generator=gen)
                 for name in ("input_l1", "input_l2", "input_l12"):
                     if name in batch and self.consistency_weight > 0:
+                        if name == "input_l1" and torch.equal(batch[name], batch["input"]):
+                            continue  # generate writes input == I(L1): the main condition already is L1
                         extra_conds.append(encode_images(model, to_unit(batch[name], device))[0])
             embeds, pooled = encode_text(model, batch["instruction"], device)
         cond, target = cond.float(), target.float()
@@ -122,5 +153,5 @@ class LossFn:
         diff = F.mse_loss(main, inp.target, reduction="mean")
         if n == 1:
             return diff, diff
-        cons = F.mse_loss(pred[len(inp.noisy):], main.detach().repeat(n - 1, 1, 1, 1))
+        cons = consistency_loss(pred.view(n, len(inp.noisy), *pred.shape[1:]))
         return diff + self.consistency_weight * cons, diff

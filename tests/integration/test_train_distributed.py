@@ -56,6 +56,9 @@ def test_torchrun_two_ranks_sigterm_on_one_rank_checkpoints_both(tmp_path, caplo
     assert proc.returncode != 0  # the ranks exit 143 so a scheduler requeues the job
     stats = json.loads((out / "stats.json").read_text())
     assert stats["exit_code"] == EXIT_SIGTERM and stats["world_size"] == 2
+    ranks = sorted(stats["ranks"], key=lambda r: r["rank"])  # what each rank reported about itself
+    assert [(r["rank"], r["world_size"], r["launcher"]) for r in ranks] == [(0, 2, "torchrun"), (1, 2, "torchrun")]
+    assert ranks[0]["pid"] != ranks[1]["pid"] and ranks[0]["samples"] == ranks[1]["samples"] > 0
     (step, path), = ckpt.list_checkpoints(out / "checkpoints")[0]
     assert step == stats["step"] >= 3
     assert (path / "rank0.pt").is_file() and (path / "rank1.pt").is_file()
