@@ -30,14 +30,11 @@ workers`` threads (:func:`configure_threads`) unless ``OMP_NUM_THREADS`` or ``to
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
-import json
 import logging
 import os
 import signal
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +43,9 @@ import pandas as pd
 
 from relight_stream.config import FilterConfig, RunConfig, config_to_dict, dump_config
 from relight_stream.log import rank_device, rank_world
+from relight_stream.pipeline.filter_ranks import (
+    merge_embeddings, merge_stats, part_path, run_fingerprint, wait_and_merge,
+)
 from relight_stream.pipeline.selection import (  # noqa: F401 (read_scores/write_scores: public here too)
     BASE_COLUMNS, contact_sheet, ranking_score, read_scores, select, sheet_rows, top_negative, write_scores,
     write_selection,
@@ -224,91 +224,6 @@ def decode_workers(cfg: FilterConfig) -> int:
     return cfg.decode.num_workers or max(1, min(8, os.cpu_count() or 1))
 
 
-# ------------------------------------------------------------------------------------ several ranks
-
-
-def _part_path(out: Path, rank: int, what: str = "scores") -> Path:
-    return out / (f"scores-rank{rank:03d}.parquet" if what == "scores" else f"embeddings-rank{rank:03d}.npy")
-
-
-def run_fingerprint(items: list[Any], cfg: FilterConfig, seed: int, world: int) -> str:
-    """Identity of a multi-rank run (inputs, config, seed, world size and, under torchrun, the launch's run id and
-    rendezvous address): a part of another run never merges."""
-    launch = [os.environ.get(v) for v in ("TORCHELASTIC_RUN_ID", "MASTER_ADDR", "MASTER_PORT")]
-    h = hashlib.blake2b(digest_size=16)
-    h.update(json.dumps([config_to_dict(cfg), seed, world, launch], sort_keys=True, default=str).encode())
-    for it in items:
-        h.update(it.token().encode("utf-8", "surrogateescape") + b"\n")
-    return h.hexdigest()
-
-
-def _part_meta(path: Path) -> dict[str, Any] | None:
-    import pyarrow.parquet as pq
-
-    try:
-        raw = (pq.read_schema(path).metadata or {}).get(b"relight_stream")
-        return json.loads(raw).get("part") if raw else None
-    except Exception:  # not there yet, or being replaced: look again later
-        return None
-
-
-def wait_and_merge(out: Path, world: int, fingerprint: str, timeout_s: float,
-                   should_stop: Any = lambda: False) -> tuple[list[pd.DataFrame], list[np.ndarray | None], list[dict]]:
-    """Rank 0: wait until every rank's part of this run exists, then concatenate them.
-
-    Returns:
-        (each rank's table, its embeddings or None, its part meta with its run stats), by rank.
-
-    Raises:
-        TimeoutError: a part still missing ``timeout_s`` after the call (its rank died or is far behind).
-        KeyboardInterrupt: stopped by SIGINT/SIGTERM while waiting.
-    """
-    deadline, delay = time.monotonic() + timeout_s, 0.05
-    metas: dict[int, dict] = {}
-    while len(metas) < world:
-        for r in range(world):
-            if r not in metas:
-                m = _part_meta(_part_path(out, r))
-                if m is not None and m.get("fingerprint") == fingerprint:
-                    metas[r] = m
-        if len(metas) == world:
-            break
-        if should_stop():
-            raise KeyboardInterrupt("filter: interrupted while waiting for the other ranks")
-        if time.monotonic() > deadline:
-            missing = [str(_part_path(out, r)) for r in range(world) if r not in metas]
-            raise TimeoutError(f"filter: parts of this run still missing after {timeout_s:.0f} s: {missing}")
-        time.sleep(delay)
-        delay = min(2.0, delay * 1.5)
-    import pyarrow.parquet as pq
-
-    tables, embs = [], []
-    for r in range(world):
-        tables.append(pq.read_table(_part_path(out, r)).to_pandas())
-        e = _part_path(out, r, "embeddings")
-        embs.append(np.load(e) if metas[r].get("embeddings") and e.is_file() else None)
-    return tables, embs, [metas[r] for r in range(world)]
-
-
-def _merge_embeddings(tables: list[pd.DataFrame], embs: list[np.ndarray | None], keys: list[str]) -> np.ndarray | None:
-    """The parts' embedding rows re-ordered to ``keys`` (float16; NaN rows where a part had none)."""
-    found = {k: e[j] for t, e in zip(tables, embs) if e is not None for j, k in enumerate(t["key"])}
-    if not found:
-        return None
-    out = np.full((len(keys), len(next(iter(found.values())))), np.nan, np.float16)
-    for i, k in enumerate(keys):
-        if k in found:
-            out[i] = found[k]
-    return out
-
-
-def _merge_stats(metas: list[dict]) -> dict[str, Any]:
-    runs = [m["run"] for m in metas]
-    merged: dict[str, Any] = {k: sum(r[k] for r in runs) for k in ("inputs", "ok", "skipped", "failed")}
-    merged.update(world=len(runs), interrupted=any(r["interrupted"] for r in runs), ranks=runs)
-    return merged
-
-
 def run_filter(cfg: FilterConfig, run: RunConfig) -> int:
     """Entry point of ``relight-stream filter`` (see the module docstring). Returns the exit code.
 
@@ -369,8 +284,8 @@ def run_filter(cfg: FilterConfig, run: RunConfig) -> int:
     if rank == 0:
         dump_config(cfg, out / "config.yaml", run=run)
     if world > 1:  # a part left by an interrupted earlier run must not be merged while this rank re-scores
-        _part_path(out, rank).unlink(missing_ok=True)
-        _part_path(out, rank, "embeddings").unlink(missing_ok=True)
+        part_path(out, rank).unlink(missing_ok=True)
+        part_path(out, rank, "embeddings").unlink(missing_ok=True)
     threads_before = None
     if any(st.name == "clip" for st in stages):
         import torch
@@ -395,12 +310,12 @@ def run_filter(cfg: FilterConfig, run: RunConfig) -> int:
             fp = run_fingerprint(items_list, cfg, seed, world)
             has_emb = bool(cfg.save_embeddings and sink.embeddings)
             if has_emb:
-                sink.write_embeddings(_part_path(out, rank, "embeddings"), list(df["key"]))
+                sink.write_embeddings(part_path(out, rank, "embeddings"), list(df["key"]))
             part = {"rank": rank, "world": world, "fingerprint": fp, "run": run_stats, "embeddings": has_emb}
-            write_scores(_part_path(out, rank), df, {**meta, "part": part})
+            write_scores(part_path(out, rank), df, {**meta, "part": part})
             if rank != 0:
                 log.info("filter rank %d/%d: %d inputs scored -> %s; rank 0 merges", rank, world, len(mine),
-                         _part_path(out, rank))
+                         part_path(out, rank))
                 return 130 if stats.interrupted else 0
             try:
                 tables, embs, metas = wait_and_merge(out, world, fp, cfg.merge_timeout_s, stop.is_set)
@@ -410,8 +325,8 @@ def run_filter(cfg: FilterConfig, run: RunConfig) -> int:
             df = normalize_table(pd.concat([t for t in tables if len(t)] or tables, ignore_index=True), columns)
             if len(df) != len(items) or set(df["key"]) != set(items):
                 raise RuntimeError(f"filter: the {world} parts hold {len(df)} rows, not the plan's {len(items)} inputs")
-            emb = _merge_embeddings(tables, embs, list(df["key"]))
-            run_stats = _merge_stats(metas)
+            emb = merge_embeddings(tables, embs, list(df["key"]))
+            run_stats = merge_stats(metas)
     finally:
         restore()
         if threads_before is not None:
@@ -430,8 +345,8 @@ def run_filter(cfg: FilterConfig, run: RunConfig) -> int:
              "pipeline": meta["pipeline"]}
     _finish(cfg, out, df, seed, items, extra)
     for r in range(world if world > 1 else 0):
-        _part_path(out, r).unlink(missing_ok=True)
-        _part_path(out, r, "embeddings").unlink(missing_ok=True)
+        part_path(out, r).unlink(missing_ok=True)
+        part_path(out, r, "embeddings").unlink(missing_ok=True)
     if run_stats["interrupted"]:
         log.warning("filter interrupted: unprocessed inputs are recorded as filter:not_processed")
         return 130
