@@ -29,6 +29,7 @@ from relight_stream.kernels.color import srgb_to_linear
 from relight_stream.kernels.filters import downsample, resize_bilinear
 from relight_stream.kernels.normals import normals_from_depth, normals_from_mask
 from relight_stream.kernels.xp import asnumpy, get_xp, has_cupy
+from relight_stream.pipeline.engine_batch import call_in_chunks
 from relight_stream.pipeline.stage import Stage, per_sample
 from relight_stream.sample import SampleBatch
 
@@ -212,14 +213,13 @@ class GeometryStage(Stage):
         out = np.zeros(rgb.shape[:3], np.float32)
         if not idx:
             return out
-        images = engine_images(batch["rgb_BHW3"], idx)
-        try:
-            pred = asnumpy(self.engine(images)).astype(np.float32)
-        except Exception as exc:  # a whole-batch failure drops the batch's samples, recorded, never raised
-            log.warning("depth engine failed on a batch of %d: %s", len(idx), exc)
-            for i in idx:
-                batch.drop(i, "geometry:error", failed=True, detail=f"{type(exc).__name__}: {exc}")
-            return out
-        out[idx] = pred
+
+        def store(chunk: list[int], pred: Any) -> None:
+            out[chunk] = asnumpy(pred).astype(np.float32)
+
+        # Out of memory: retried in halved chunks, down to one sample, then dropped as geometry:oom (C8); any
+        # other engine failure drops the chunk as geometry:error, recorded, never raised.
+        call_in_chunks(self, batch, idx, lambda chunk: self.engine(engine_images(batch["rgb_BHW3"], chunk)),
+                       on_result=store)
         return out
 

@@ -29,6 +29,7 @@ import numpy as np
 
 from relight_stream.config import RunConfig, SegmentConfig
 from relight_stream.kernels.xp import asnumpy
+from relight_stream.pipeline.engine_batch import call_in_chunks
 from relight_stream.pipeline.geometry import check_engine_args, engine_images
 from relight_stream.pipeline.stage import Stage, per_sample
 from relight_stream.pipeline.subject_prior import fill_from_fragments, is_scattered, subject_prior
@@ -156,17 +157,17 @@ def plausibility(mask_hw: np.ndarray, cfg: SegmentConfig, *, fills_frame: bool =
     return None, info
 
 
-def face_points(priors: list[Any], limit: int = MAX_PROMPTS) -> tuple[Any, Any] | None:
+def face_points(priors: list[Any], limit: int = MAX_PROMPTS) -> tuple[Any, Any]:
     """SAM2 point prompts: each face centre (full-resolution pixels) as a positive click, up to ``limit`` per image.
 
-    Returns ``(points [B,N,2], labels [B,N])`` torch tensors, rows padded with label -1 (SAM's "no point"), or
-    ``None`` when no image of the batch has a face.
+    Returns ``(points [B,N,2], labels [B,N])`` torch tensors with ``N = limit``, rows padded with label -1 (SAM's
+    "no point"). The padding is fixed rather than fitted to the batch because SAM2 answers differently for a
+    different number of padding tokens: a sample's mask must not depend on which samples share its batch (nor on
+    the chunking after an out-of-memory retry).
     """
     import torch
 
-    n = min(limit, max((len(p.faces) for p in priors), default=0))
-    if n == 0:
-        return None
+    n = limit
     points = torch.zeros((len(priors), n, 2), dtype=torch.float32)
     labels = torch.full((len(priors), n), -1, dtype=torch.int32)
     for j, p in enumerate(priors):
@@ -274,11 +275,30 @@ class SegmentStage(Stage):
         batch.meta[i]["segment"].update(fills_frame=fills, fragments=fragments)
 
     def _sam2(self, batch: SampleBatch, rgb: np.ndarray, priors: dict[int, Any]) -> None:
-        import torch
-
         idx = [i for i in batch.kept() if i in priors]
         if not idx:
             return
+        H, W = rgb.shape[1:3]
+
+        def store(chunk: list[int], probs: np.ndarray) -> None:
+            for j, i in enumerate(chunk):
+                # SAM2 answers the prompt boxes; anything it adds far outside them (10 % margin) is a leak.
+                x0, y0, x1, y1 = priors[i].box
+                mx, my = 0.1 * (x1 - x0) + 2, 0.1 * (y1 - y0) + 2
+                keep = np.zeros((H, W), np.float32)
+                keep[max(0, int(y0 - my)) : int(y1 + my) + 1, max(0, int(x0 - mx)) : int(x1 + mx) + 1] = 1.0
+                batch["mask_BHW"][i] = np.clip(probs[j], 0, 1) * keep
+                self._record(batch, i, priors[i])
+                if not np.isfinite(probs[j]).all():
+                    batch.drop(i, "segment:nonfinite_output", failed=True, detail="mask_BHW")
+
+        # Out of memory: retried in halved chunks, down to one sample, then dropped as segment:oom (C8).
+        call_in_chunks(self, batch, idx, lambda chunk: self._sam2_probs(batch, chunk, priors), on_result=store)
+
+    def _sam2_probs(self, batch: SampleBatch, idx: list[int], priors: dict[int, Any]) -> np.ndarray:
+        """SAM2 mask probabilities ``[len(idx),H,W]`` (float32 0–1) for batch rows ``idx``."""
+        import torch
+
         images = engine_images(batch["rgb_BHW3"], idx)
         union = torch.tensor([priors[i].box for i in idx], dtype=torch.float32)
         points = face_points([priors[i] for i in idx]) if getattr(self.engine, "supports_points", False) else None
@@ -293,14 +313,4 @@ class SegmentStage(Stage):
             boxes = torch.tensor([priors[idx[j]].boxes[k] for j in rows], dtype=torch.float32)
             extra = asnumpy(self.engine(images[rows], boxes)).astype(np.float32)
             probs[rows] = np.maximum(probs[rows], extra)
-        H, W = rgb.shape[1:3]
-        for j, i in enumerate(idx):
-            # SAM2 answers the prompt boxes; anything it adds far outside them (10 % margin) is a leak.
-            x0, y0, x1, y1 = priors[i].box
-            mx, my = 0.1 * (x1 - x0) + 2, 0.1 * (y1 - y0) + 2
-            keep = np.zeros((H, W), np.float32)
-            keep[max(0, int(y0 - my)) : int(y1 + my) + 1, max(0, int(x0 - mx)) : int(x1 + mx) + 1] = 1.0
-            batch["mask_BHW"][i] = np.clip(probs[j], 0, 1) * keep
-            self._record(batch, i, priors[i])
-            if not np.isfinite(probs[j]).all():
-                batch.drop(i, "segment:nonfinite_output", failed=True, detail="mask_BHW")
+        return probs

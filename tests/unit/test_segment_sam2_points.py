@@ -56,10 +56,29 @@ def test_face_points_are_face_centres_padded_per_image() -> None:
     prob = np.zeros((8, 8), np.float32)
     priors = [SubjectPrior(prob, faces=[[10, 20, 30, 60], [40, 0, 50, 10]]), SubjectPrior(prob, faces=[]),
               SubjectPrior(prob, faces=[[0, 0, 4, 8]])]
-    points, labels = face_points(priors)
-    assert points.shape == (3, 2, 2) and labels.tolist() == [[1, 1], [-1, -1], [1, -1]]
-    assert points[0].tolist() == [[20.0, 40.0], [45.0, 5.0]] and points[2, 0].tolist() == [2.0, 4.0]
-    assert face_points([SubjectPrior(prob)]) is None
+    points, labels = face_points(priors, limit=3)
+    assert points.shape == (3, 3, 2) and labels.tolist() == [[1, 1, -1], [-1, -1, -1], [1, -1, -1]]
+    assert points[0, :2].tolist() == [[20.0, 40.0], [45.0, 5.0]] and points[2, 0].tolist() == [2.0, 4.0]
+    # the padding is fixed, so a face-free image is prompted the same way whatever shares its batch
+    alone_points, alone_labels = face_points([SubjectPrior(prob)], limit=3)
+    assert alone_labels.tolist() == [[-1, -1, -1]] and alone_points.shape == (1, 3, 2)
+
+
+def test_a_mask_does_not_depend_on_the_batch_it_shares(seg, photos) -> None:
+    import cv2
+
+    from relight_stream.config import SegmentConfig
+    from relight_stream.pipeline.segment import SegmentStage
+    from relight_stream.sample import SampleBatch
+
+    stage = SegmentStage(SegmentConfig(backend="sam2", flavor="tiny"))
+    stage.engine = seg
+    face = cv2.resize(np.ascontiguousarray(photos["astronaut"]), (128, 128))
+    plain = cv2.resize(np.ascontiguousarray(photos["coffee"][:, 100:500]), (128, 128))
+    together = stage.process(SampleBatch(keys=["face", "plain"], arrays={"rgb_BHW3": np.stack([face, plain])}))
+    alone = stage.process(SampleBatch(keys=["plain"], arrays={"rgb_BHW3": plain[None]}))
+    assert together.keep_B[1] == alone.keep_B[0]
+    np.testing.assert_allclose(together["mask_BHW"][1], alone["mask_BHW"][0], atol=1e-5)
 
 
 def test_the_sam2_stage_clicks_each_face_centre_inside_the_union_box(seg, photos) -> None:
