@@ -158,12 +158,14 @@ def run_build_engines(cfg: Any, run: Any) -> int:
     from relight_stream.engines.backends import require
     from relight_stream.engines.registry import build_model, get_spec, resolve_device
     from relight_stream.engines.spec import parse_weights
+    from relight_stream.engines.weights import check_weights
 
     if getattr(run, "offline", False):
         os.environ["HF_HUB_OFFLINE"] = os.environ["TRANSFORMERS_OFFLINE"] = "1"
     spec = get_spec(cfg.kind, cfg.flavor)
     _check_build_config(cfg)
     ref = parse_weights(cfg.weights, spec)
+    check_weights(ref, spec.hf_file)
     require("onnxruntime", "cpu")
     device = None
     if cfg.backend == "tensorrt":

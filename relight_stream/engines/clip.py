@@ -28,6 +28,7 @@ import torch
 from relight_stream.engines.common import check_images, resize_crop
 from relight_stream.engines.registry import register_engine
 from relight_stream.engines.spec import BuiltModel, EngineSpec, PartIO, WeightsRef, fetch_weights
+from relight_stream.engines.weights import load_state_file
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -47,7 +48,7 @@ def _build(spec: EngineSpec, weights: WeightsRef) -> BuiltModel:
         cfg = dict(TINY_CFG)
         model = open_clip.CLIP(**cfg)
         if weights.source != "random":
-            state = torch.load(fetch_weights(weights, spec.hf_file), map_location="cpu", weights_only=True)
+            state = load_state_file(fetch_weights(weights, spec.hf_file))
             model.load_state_dict(state.get("state_dict", state))
     else:
         pretrained = None if weights.source == "random" else str(_checkpoint(fetch_weights(weights, spec.hf_file)))

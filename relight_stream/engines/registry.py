@@ -17,6 +17,7 @@ from typing import Any
 from relight_stream.engines.backends import get_backend, resolve_backend
 from relight_stream.engines.cache import EngineCacheMiss
 from relight_stream.engines.spec import PRECISIONS, RANDOM_SEED, EngineSpec, parse_weights
+from relight_stream.engines.weights import check_weights
 from relight_stream.log import warn_once
 
 log = logging.getLogger(__name__)
@@ -135,6 +136,7 @@ def create_engine(
         raise ValueError(f"unknown precision {precision!r}; valid: {list(PRECISIONS)}")
     dev = resolve_device(device)
     ref = parse_weights(weights, spec)
+    check_weights(ref, spec.hf_file)  # offline cache miss / truncated file: fail now, not mid-build
     name = resolve_backend(backend, dev)
     module = get_backend(name)
     module.check_precision(precision, dev)

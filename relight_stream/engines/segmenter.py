@@ -29,6 +29,7 @@ import torch
 from relight_stream.engines.common import check_images, resize_back, resize_square
 from relight_stream.engines.registry import register_engine
 from relight_stream.engines.spec import BuiltModel, EngineSpec, PartIO, WeightsRef, fetch_weights
+from relight_stream.engines.weights import load_state_file
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 _POSTPROCESS = {  # what sam2.build_sam2(apply_postprocessing=True) adds for image prediction
@@ -83,7 +84,7 @@ def _build(spec: EngineSpec, weights: WeightsRef) -> BuiltModel:
     cfg.model.sam_mask_decoder_extra_args = dict(_POSTPROCESS)
     model = instantiate(cfg.model, _recursive_=True)
     if weights.source != "random":
-        state = torch.load(fetch_weights(weights, spec.hf_file), map_location="cpu", weights_only=True)
+        state = load_state_file(fetch_weights(weights, spec.hf_file))
         missing, unexpected = model.load_state_dict(state.get("model", state), strict=False)
         if missing or unexpected:
             raise ValueError(f"SAM2 checkpoint does not match {spec.flavor}: missing={missing} unexpected={unexpected}")

@@ -154,23 +154,11 @@ def offline() -> bool:
 
 def fetch_weights(ref: WeightsRef, filename: str | None = None) -> Path:
     """Local path of the weights: the file/folder itself (``filename`` inside it, if it is a folder holding one),
-    or the hub snapshot (file) at the pinned revision.
+    or the hub snapshot (file) at the pinned revision; its ``.safetensors`` files checked for truncation.
 
-    Honours offline mode: then only the local hub cache is used, and a miss raises ``ValueError``.
+    Honours offline mode: then only the local hub cache is used, and a miss raises ``ValueError`` naming the
+    pre-fetch command (see :mod:`relight_stream.engines.weights`).
     """
-    if ref.source == "local":
-        path = Path(ref.path or "")
-        if filename and path.is_dir() and (path / filename).is_file():  # a downloaded snapshot folder
-            return path / filename
-        return path
-    if ref.source != "hf":
-        raise ValueError("random weights have no file to fetch")
-    from huggingface_hub import hf_hub_download, snapshot_download
+    from relight_stream.engines.weights import resolve_weights
 
-    try:
-        if filename:
-            return Path(hf_hub_download(ref.repo, filename, revision=ref.revision, local_files_only=offline()))
-        return Path(snapshot_download(ref.repo, revision=ref.revision, local_files_only=offline()))
-    except Exception as exc:  # hub errors vary by version; all mean "cannot get these weights"
-        mode = " (offline mode: only the local Hugging Face cache is searched)" if offline() else ""
-        raise ValueError(f"cannot fetch weights {ref.repo}@{ref.revision}{mode}: {exc}") from exc
+    return resolve_weights(ref, filename)

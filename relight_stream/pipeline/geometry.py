@@ -64,11 +64,14 @@ def kernel_array(x: Any) -> Any:
 
 
 def check_engine_args(kind: str, flavor: str, weights: str | None) -> None:
-    """Validate an engine's flavor and weights reference without building anything (``ValueError`` if bad)."""
+    """Validate an engine's flavor and weights without building anything (``ValueError`` if bad): the reference's
+    form, and, offline or for a local path, that the files exist and are complete (RELIABILITY D1/D2)."""
     from relight_stream.engines import get_spec
     from relight_stream.engines.spec import parse_weights
+    from relight_stream.engines.weights import check_weights
 
-    parse_weights(weights, get_spec(kind, flavor))
+    spec = get_spec(kind, flavor)
+    check_weights(parse_weights(weights, spec), spec.hf_file)
 
 
 def engine_images(rgb_BHW3: Any, idx: list[int]) -> Any:

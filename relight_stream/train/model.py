@@ -169,13 +169,18 @@ def load_model(model: str, *, seed: int = 0) -> IP2PModel:
     from diffusers import AutoencoderKL, DDPMScheduler, DiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+    from relight_stream.engines.weights import prefetch_command, resolve_model_dir
+
     src, rev = resolve_source(model)
+    # offline: the cached snapshot folder or a clear error naming the pre-fetch command; truncated files caught
+    path = resolve_model_dir(src, rev, ("unet", "vae", "text_encoder", "text_encoder_2"))
+    load_rev = rev if path == src else None  # a folder (local or cached snapshot) has no revision to pass
     try:
-        index = DiffusionPipeline.load_config(src, revision=rev)
+        index = DiffusionPipeline.load_config(path, revision=load_rev)
     except Exception as exc:  # noqa: BLE001 - hub/offline errors come in many types
         raise ValueError(f"cannot read model_index.json of {src}@{rev or 'main'}: {exc}. Pre-fetch it with "
-                         f"`huggingface-cli download {src} --revision {rev or 'main'}` or pass a local folder") from exc
-    kw = dict(revision=rev)
+                         f"`{prefetch_command(src, rev)}` or pass a local folder") from exc
+    name, src, kw = src, path, dict(revision=load_rev)  # name: the id recorded as the model's source
     sdxl = "text_encoder_2" in index
     unet = widen_conv_in(UNet2DConditionModel.from_pretrained(src, subfolder="unet", **kw))
     vae = AutoencoderKL.from_pretrained(src, subfolder="vae", **kw)
@@ -185,9 +190,9 @@ def load_model(model: str, *, seed: int = 0) -> IP2PModel:
         encoders.append(CLIPTextModelWithProjection.from_pretrained(src, subfolder="text_encoder_2", **kw))
         tokenizers.append(CLIPTokenizer.from_pretrained(src, subfolder="tokenizer_2", **kw))
     scheduler = DDPMScheduler.from_pretrained(src, subfolder="scheduler", **kw)
-    log.info("loaded %s %s@%s (unet in_channels=%d)", "SDXL" if sdxl else "SD", src, rev, unet.config.in_channels)
+    log.info("loaded %s %s@%s (unet in_channels=%d)", "SDXL" if sdxl else "SD", name, rev, unet.config.in_channels)
     return IP2PModel(kind="sdxl" if sdxl else "sd", unet=unet, vae=vae, text_encoders=encoders,
-                     tokenizers=tokenizers, scheduler=scheduler, source=src, revision=rev)
+                     tokenizers=tokenizers, scheduler=scheduler, source=name, revision=rev)
 
 
 # ------------------------------------------------------------------------------------------ encoders
