@@ -83,8 +83,6 @@ def _invoke(ctx: click.Context, command: str, cls: type, config_file: str | None
     func = resolve_entry(command)
     try:
         code = func(cfg, run)
-    except NotImplementedError as exc:
-        raise NotImplementedYet(command, str(exc)) from exc
     except ValueError as exc:
         raise RunError(str(exc)) from exc
     except RuntimeError as exc:

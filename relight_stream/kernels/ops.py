@@ -72,14 +72,6 @@ def dot3(a: Any, v: Sequence[float]) -> Any:
     return out
 
 
-def sumsq3(a: Any) -> Any:
-    """Squared norm over the last axis of length 3: ``(...)`` float32."""
-    out = a[..., 0] * a[..., 0]
-    out += a[..., 1] * a[..., 1]
-    out += a[..., 2] * a[..., 2]
-    return out
-
-
 def combine_maps(maps: Sequence[Any], colours: Sequence[Sequence[float]]) -> Any:
     """``sum_k maps[k][..., None] * colours[k]``: scalar maps ``(H, W)`` times RGB colours -> ``(H, W, 3)`` float32."""
     xp = get_xp(maps[0])

@@ -153,7 +153,7 @@ def _curtain(u, v, p, xp):
     return np.float32(p["floor"]) + np.float32(1 - p["floor"]) * t ** np.float32(p["sharpness"])
 
 
-def _leaf_cover(u, v, p, xp, cell: float, salt: int, invert: bool = False):
+def _leaf_cover(u, v, p, xp, cell: float, salt: int):
     iu, iv, fu, fv = _cells(u, v, cell)
     cover = xp.zeros(u.shape, xp.float32)
     for du in (-1, 0, 1):

@@ -12,7 +12,6 @@ import logging
 import os
 import textwrap
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -126,13 +125,3 @@ def write_preview(rows: list[tuple[list[np.ndarray], str, str]], path: Path, *, 
     os.replace(tmp, path)
     log.info("wrote contact sheet of %d samples to %s", len(rows), path)
     return path
-
-
-def rows_from_batch(batch: SampleBatch, limit: int, *, tile: int = TILE) -> list[tuple[list[np.ndarray], str, str]]:
-    """Preview rows for up to ``limit`` kept samples of ``batch`` (for callers outside the stage list)."""
-    rows: list[Any] = []
-    for i in batch.kept():
-        if len(rows) >= limit:
-            break
-        rows.append((preview_tiles(batch, i, tile=tile), batch.keys[i], batch["instruction_B"][i]))
-    return rows

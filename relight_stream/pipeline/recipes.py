@@ -5,8 +5,8 @@ Reads the INPUTs (:mod:`~relight_stream.pipeline.sources`); writes ``OUT/shard-N
 ``stats-rankNNN.json`` when distributed; the last rank to finish merges them into ``stats.json``). The counts in
 ``stats.json`` (ok/skipped/failed, ``drops`` by reason) are those of the shards this run committed.
 
-The stages come from ``relight_stream.pipeline.triplet:build_triplet_stages`` when that module exists; until then
-``generate`` runs decode → shard (``target.jpg`` + ``meta.json`` per sample). Work unit ``k`` goes to rank
+The stages come from ``relight_stream.pipeline.triplet:build_triplet_stages``; ``run_generate(..., stages=[])``
+runs the spine alone (decode → shard: ``target.jpg`` + ``meta.json`` per sample). Work unit ``k`` goes to rank
 ``k mod WORLD_SIZE``, so any number of processes (``torchrun``/``accelerate launch``) writes the same bytes.
 
 Exit codes: 0 done; 1 a shard failed or an input tar was truncated (unless ``skip_bad_input_shards``);
@@ -18,7 +18,6 @@ model loads.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import logging
 import os
 import signal
@@ -105,14 +104,8 @@ def run_generate(cfg: GenerateConfig, run: RunConfig, *, stages: list[Stage] | N
 
 
 def build_generate_stages(cfg: GenerateConfig, run: RunConfig) -> list[Stage]:
-    """The triplet stages (segment → geometry → albedo → relight → instruct) once they exist, else none."""
-    if importlib.util.find_spec("relight_stream.pipeline.triplet") is None:
-        log.warning("the triplet stages are not built yet: generate writes decode -> shard (target.jpg + meta.json)")
-        return []
-    try:
-        from relight_stream.pipeline.triplet import build_triplet_stages
-    except ImportError as exc:  # triplet.py exists but a stage module it needs is not built yet
-        raise NotImplementedError(f"the triplet stages cannot be imported yet ({exc})") from exc
+    """The triplet stages (segment → geometry → albedo → relight → instruct), plus the preview when asked."""
+    from relight_stream.pipeline.triplet import build_triplet_stages
 
     stages = list(build_triplet_stages(cfg, run))
     if cfg.preview > 0:

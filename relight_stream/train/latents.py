@@ -26,7 +26,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from relight_stream.config import CacheLatentsConfig, RunConfig
+from relight_stream.config import CacheLatentsConfig, RunConfig, dump_config
 from relight_stream.log import DropCounter, rank_world
 from relight_stream.train.data import IMAGE_MEMBERS, decode_rgb, resolve_shards, shard_format
 from relight_stream.train.model import TINY_FLAVORS, encode_images, encode_text, load_model, resolve_source
@@ -100,6 +100,8 @@ def run_cache_latents(cfg: CacheLatentsConfig, run: RunConfig) -> int:
             raise ValueError(f"{out} holds latents of --model {old.get('model')} at {old.get('resolution')}², not "
                              f"{cfg.model} at {cfg.resolution}²; use another --out")
     rank, world = rank_world()
+    if rank == 0:
+        dump_config(cfg, out / "config.yaml", run=run)
     todo = [s for s in shards[rank::world] if not (out / Path(s).name).is_file()]
     log.info("cache-latents: %d shard(s) for this rank, %d to do", len(shards[rank::world]), len(todo))
     device = "cuda" if run.device == "auto" and torch.cuda.is_available() else \

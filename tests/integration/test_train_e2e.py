@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import webdataset as wds
+import yaml
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -126,6 +127,7 @@ def test_cache_latents_then_nonfinite_steps_are_skipped_or_abort(shards, tmp_pat
     lat = tmp_path / "lat"
     assert run_cache_latents(CacheLatentsConfig(shards=shards, out=str(lat), resolution=32), RunConfig()) == 0
     info = json.loads((lat / "latents.json").read_text())
+    assert yaml.safe_load((lat / "config.yaml").read_text())["resolution"] == 32  # the resolved config beside it
     assert info["model"] == "tiny" and info["resolution"] == 32
     first = next(iter(wds.WebDataset(str(lat / "shard-000000.tar"), shardshuffle=False, empty_check=False)))
     src = next(iter(wds.WebDataset(shards[0], shardshuffle=False, empty_check=False)))

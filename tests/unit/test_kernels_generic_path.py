@@ -37,6 +37,7 @@ def test_albedo_generic_path_matches(inputs: dict, method: str, monkeypatch: pyt
     (a1, s1), (a2, s2) = _both(lambda: retinex.estimate_albedo(inputs["lin"], inputs["mask"], method=method),
                                monkeypatch)
     _close(s1, s2, 2e-3 * float(s1.max()))
+    _close(a1, a2, 2e-3 * float(a1.max()))
 
 
 def test_geometry_generic_path_matches(inputs: dict, monkeypatch: pytest.MonkeyPatch) -> None:

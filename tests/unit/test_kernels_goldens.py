@@ -34,6 +34,7 @@ def test_renders_match_goldens() -> None:
     mod = _regen_module()
     expected = np.load(GOLDENS / "kernels_render.npz")
     current = mod.golden_renders(mod.golden_records())
+    assert set(current) == set(expected.files)
     for name, img in current.items():
         diff = np.abs(img.astype(np.float32) - expected[name].astype(np.float32))
         assert diff.max() < 2e-3, f"{name}: max diff {diff.max():.2e}, mean {diff.mean():.2e}"

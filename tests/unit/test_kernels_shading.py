@@ -44,6 +44,22 @@ def test_rendered_sphere_matches_the_analytic_lambert_solution() -> None:
     np.testing.assert_allclose(relit, shade, atol=1e-6)  # albedo 1: the image is the shading
 
 
+def test_shade_directional_is_ambient_plus_coloured_lambert_times_visibility() -> None:
+    n = np.zeros((2, 3, 3), np.float32)
+    n[..., 2] = 1.0  # facing the camera
+    n[0, 0] = [1.0, 0.0, 0.0]  # facing right
+    n[1, 2] = [-1.0, 0.0, 0.0]  # facing left: away from a light on the right
+    d = shading.light_direction(0, 0)  # from the image's right, grazing
+    vis = np.ones((2, 3), np.float32)
+    vis[0, 1] = 0.25
+    out = shading.shade_directional(n, d, color=(1.0, 0.5, 0.25), intensity=2.0, ambient=(0.1, 0.1, 0.1),
+                                    visibility=vis)
+    expected = 0.1 + 2.0 * np.array([1.0, 0.5, 0.25]) * np.clip(n @ np.asarray(d), 0, None)[..., None] * vis[..., None]
+    np.testing.assert_allclose(out, expected, atol=1e-6)
+    np.testing.assert_allclose(out[0, 0], [2.1, 1.1, 0.6], atol=1e-6)  # fully lit, warm light
+    np.testing.assert_allclose(out[1, 2], [0.1, 0.1, 0.1], atol=1e-6)  # facing away: ambient only
+
+
 def test_sh_of_a_directional_light_approximates_lambert() -> None:
     _, m, n = sphere(96)
     n = np.where(m[..., None] > 0, n, [0, 0, 1]).astype(np.float32)
