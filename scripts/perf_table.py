@@ -26,9 +26,11 @@ code paths run and compare backends on the same machine, they do not predict GPU
 
 GPU measurements (full-size random-weight CLIP ViT-L/14, SAM2 hiera-s, Depth Anything V2-S, SD1.5 VAE encoder and
 the SD1.5 InstructPix2Pix UNet; eager vs compile, bf16, batch sweep) are not recorded yet: no GPU was available
-when this file was generated. On a CUDA machine, with `bench.yaml` holding `precision: bf16` and
-`batch_sizes: [1, 8, 32]`, run `relight-stream bench engines --compare eager,compile --config bench.yaml
---out bench/results/engines-full-eager-vs-compile-bf16-<gpu>.json` and regenerate this file.
+when this file was generated. On a CUDA machine run `relight-stream --device cuda bench engines --compare
+eager,compile --precision bf16 --batch-sizes 1,8,32 --out bench/results/engines-full-eager-vs-compile-bf16-<gpu>.json`
+and regenerate this file. On a lent GPU machine without our dependencies, `bash scripts/gpu_wheels.sh` here, then
+`bash scripts/gpu_session.sh STEP...` there with `.gpu-wheels` carried, runs the GPU tests and every GPU benchmark
+(kernels, engines, train, filter, generate) and writes their JSON results.
 """
 
 PREFERRED = ["name", "kernel", "stage", "scene", "flavor", "backend", "precision", "batch", "size", "ms", "median_ms",

@@ -134,6 +134,11 @@ class _MaskDecoder(torch.nn.Module):
         self.prompt_encoder = model.sam_prompt_encoder
         self.mask_decoder = model.sam_mask_decoder
 
+    def _apply(self, fn: Any, recurse: bool = True) -> Any:
+        super()._apply(fn, recurse)
+        self.prompt_encoder.float()  # a dtype cast of the decoder leaves the (tiny) prompt encoder in fp32
+        return self
+
     def forward(self, embed: Any, feat_s0: Any, feat_s1: Any, boxes: Any, points: Any = None,
                 point_labels: Any = None) -> Any:
         coords = boxes.reshape(-1, 2, 2)
@@ -141,10 +146,13 @@ class _MaskDecoder(torch.nn.Module):
         if points is not None:  # SAM's order: clicks first, then the box corners (labels 2, 3)
             coords = torch.cat([points.to(coords.dtype), coords], dim=1)
             labels = torch.cat([point_labels.to(torch.int32), labels], dim=1)
-        sparse, dense = self.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+        # The prompt encoder stays fp32 (see _apply): SAM2 pads the points with a float32 zero point, which would
+        # otherwise promote bf16/fp16 coordinates and meet a low-precision positional-encoding matrix.
+        sparse, dense = self.prompt_encoder(points=(coords.float(), labels), boxes=None, masks=None)
+        sparse, dense = sparse.to(embed.dtype), dense.to(embed.dtype)
         logits, _iou, _tokens, _obj = self.mask_decoder(
             image_embeddings=embed,
-            image_pe=self.prompt_encoder.get_dense_pe(),
+            image_pe=self.prompt_encoder.get_dense_pe().to(embed.dtype),
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
             multimask_output=False,

@@ -77,3 +77,19 @@ def test_bf16_outputs_fp32_close_to_fp32() -> None:
     assert d16.dtype == torch.float32
     rel = ((d16 - d32).abs().max() / d32.abs().max()).item()
     assert rel < 0.1, f"bf16 vs fp32 max relative error {rel:.3g}"
+
+
+@pytest.mark.parametrize("with_points", [False, True])
+def test_segmenter_runs_in_bf16_with_and_without_points(with_points):
+    import torch
+
+    from relight_stream.engines import create_engine
+
+    torch.manual_seed(0)
+    images = torch.rand(2, 3, 64, 64)
+    boxes = torch.tensor([[4.0, 4.0, 60.0, 60.0], [10.0, 8.0, 50.0, 56.0]])
+    pts = (torch.tensor([[[32.0, 30.0]], [[30.0, 28.0]]]), torch.ones(2, 1, dtype=torch.int32)) if with_points else ()
+    ref = create_engine("segmenter", "tiny", backend="eager", device="cpu", precision="fp32")(images, boxes, *pts)
+    low = create_engine("segmenter", "tiny", backend="eager", device="cpu", precision="bf16")(images, boxes, *pts)
+    assert low.dtype == torch.float32 and torch.isfinite(low).all()
+    assert (low - ref).abs().mean() < 0.05, float((low - ref).abs().mean())
