@@ -468,8 +468,8 @@ def dump_config(cfg: Any, path: str | Path, *, run: RunConfig | None = None) -> 
     data = config_to_dict(cfg)
     if run is not None:
         data = {"run": config_to_dict(run), **data}
+    from relight_stream.fileio import atomic_write
+
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
-    tmp.replace(p)
+    atomic_write(str(p), yaml.safe_dump(data, sort_keys=False).encode("utf-8"))

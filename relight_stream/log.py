@@ -22,6 +22,11 @@ def rank_world() -> tuple[int, int]:
     return rank, world
 
 
+def cores_per_rank() -> int:
+    """The CPU cores this process may use, shared evenly among the ranks of its node (``LOCAL_WORLD_SIZE``)."""
+    return max(1, len(os.sched_getaffinity(0)) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+
+
 def rank_device(device: str) -> str:
     """``auto``/``cuda`` under a multi-process launch -> ``cuda:LOCAL_RANK`` (mod the GPU count), made current;
     anything else unchanged. Without it every rank of a node would land on GPU 0."""

@@ -31,6 +31,7 @@ from typing import Any
 
 from relight_stream.bench.timing import format_table, json_line, machine_info, peak_host_mb
 from relight_stream.config import BenchConfig, _coerce, config_to_dict
+from relight_stream.fileio import atomic_write
 
 log = logging.getLogger(__name__)
 TARGETS = ("decode", "kernels", "albedo", "filter", "generate", "train", "engines")
@@ -158,9 +159,7 @@ def _save(result: dict[str, Any], cfg: BenchConfig) -> Path:
             tags[2] = "compare-" + re.sub(r"[^A-Za-z0-9]+", "-", cfg.compare)
         out = out / ("-".join(tags) + ".json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=1, sort_keys=True, default=str) + "\n")
-    tmp.replace(out)
+    atomic_write(str(out), (json.dumps(result, indent=1, sort_keys=True, default=str) + "\n").encode("utf-8"))
     return out
 
 

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from relight_stream.fileio import atomic_write
+
 CACHE_ENV = "RELIGHT_ENGINE_CACHE"
 EXTENSIONS = {"onnx": ".onnx", "tensorrt": ".plan"}
 
@@ -91,9 +93,7 @@ def write_sidecar(artefact: Path, key: EngineKey, extra: dict[str, Any] | None =
     data = {"key": key.as_dict(), "digest": key.digest(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     data.update(extra or {})
     side = sidecar_path(artefact)
-    tmp = side.with_name(side.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
-    tmp.replace(side)
+    atomic_write(str(side), json.dumps(data, indent=2, sort_keys=True, default=str).encode("utf-8"))
     return side
 
 

@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 
 from relight_stream.config import FilterConfig, RunConfig, config_to_dict, dump_config
-from relight_stream.log import rank_device, rank_world
+from relight_stream.log import cores_per_rank, rank_device, rank_world
 from relight_stream.pipeline.filter_ranks import (
     merge_embeddings, merge_stats, part_path, run_fingerprint, wait_and_merge,
 )
@@ -211,7 +211,7 @@ def configure_threads(device: str, decode_workers: int, asked: int = 0) -> int |
     if asked <= 0 and os.environ.get("OMP_NUM_THREADS"):
         log.info("torch CPU threads: %d (OMP_NUM_THREADS is set)", torch.get_num_threads())
         return None
-    cores = max(1, len(os.sched_getaffinity(0)) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+    cores = cores_per_rank()
     n = asked if asked > 0 else max(1, cores - decode_workers)
     torch.set_num_threads(n)
     log.info("torch CPU threads: %d (%s; %d cores, %d decode workers)", n, "filter.torch_threads" if asked > 0

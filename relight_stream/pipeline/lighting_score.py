@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from relight_stream.kernels.color import srgb_to_linear
 from relight_stream.kernels.xp import asnumpy, get_xp, has_cupy
 from relight_stream.log import warn_once
 from relight_stream.pipeline.stage import Stage
@@ -71,17 +72,6 @@ class PhotometricParams:
     work_side: int = 128
     """Images are box-downsampled (in linear light) to about this side before scoring; the metrics are
     low-frequency, and this keeps a 224² batch at a few ms per image on one CPU core."""
-
-
-# sRGB uint8 -> linear light (IEC 61966-2-1), as a 256-entry table: a gather is much cheaper than the power law.
-_LUT = np.where(np.arange(256) / 255.0 <= 0.04045, np.arange(256) / 255.0 / 12.92,
-                ((np.arange(256) / 255.0 + 0.055) / 1.055) ** 2.4).astype(np.float32)
-
-
-def srgb_to_linear(rgb_u8: Any) -> Any:
-    """sRGB uint8 to linear light float32 in [0, 1]."""
-    xp = get_xp(rgb_u8)
-    return xp.asarray(_LUT)[rgb_u8]
 
 
 def linear_to_lstar(y: Any) -> Any:

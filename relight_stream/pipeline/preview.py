@@ -8,6 +8,7 @@ encoded to sRGB for display; the shading is divided by its 99th percentile so th
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import textwrap
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from relight_stream.fileio import atomic_write
 from relight_stream.kernels.color import linear_to_srgb_u8
 from relight_stream.kernels.normals import normals_to_u8
 from relight_stream.kernels.xp import asnumpy
@@ -120,8 +122,8 @@ def write_preview(rows: list[tuple[list[np.ndarray], str, str]], path: Path, *, 
     from PIL import Image
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(contact_sheet(rows, tile=tile)).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    Image.fromarray(contact_sheet(rows, tile=tile)).save(buf, format="PNG")
+    atomic_write(str(path), buf.getvalue())
     log.info("wrote contact sheet of %d samples to %s", len(rows), path)
     return path

@@ -14,7 +14,7 @@ member set must be identical for every sample of a run. sRGB fields are uint8 (o
 clipped to [0, 1] and converted to sRGB; normals are unit vectors stored as ``(n + 1) / 2 · 255``; depth is fp16;
 masks (``mask_BHW``, and ``alpha_BHW`` from ``decode.keep_alpha``) are float 0–1 (or uint8) stored as 8-bit PNG.
 
-The atomic-write helpers live in :mod:`~relight_stream.pipeline.shard_io` and resume/lock/``new_run`` in
+The atomic-write helpers live in :mod:`~relight_stream.fileio` and resume/lock/``new_run`` in
 :mod:`~relight_stream.pipeline.shard_records`; their public names are re-exported here.
 """
 
@@ -32,7 +32,7 @@ from typing import Any, Callable
 import numpy as np
 
 from relight_stream.kernels.xp import asnumpy
-from relight_stream.pipeline.shard_io import (  # noqa: F401  (re-exported)
+from relight_stream.fileio import (  # noqa: F401  (re-exported)
     _disk_error,
     _tmp_suffix,
     _unlink,
@@ -98,12 +98,8 @@ def _png(a: np.ndarray) -> bytes:
 
 
 def _linear_to_srgb_u8(a: Any) -> np.ndarray:
-    try:
-        from relight_stream.kernels.color import linear_to_srgb_u8
-    except ImportError:  # fallback while kernels/color.py is absent
-        x = np.clip(asnumpy(a).astype(np.float32), 0.0, 1.0)
-        s = np.where(x <= 0.0031308, 12.92 * x, 1.055 * np.power(x, 1 / 2.4) - 0.055)
-        return np.clip(np.rint(s * 255.0), 0, 255).astype(np.uint8)
+    from relight_stream.kernels.color import linear_to_srgb_u8
+
     return np.ascontiguousarray(asnumpy(linear_to_srgb_u8(np.clip(asnumpy(a), 0.0, 1.0))))
 
 

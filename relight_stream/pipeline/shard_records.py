@@ -13,7 +13,7 @@ import logging
 import os
 from typing import Any
 
-from relight_stream.pipeline.shard_io import _owner_alive, _unlink, json_bytes
+from relight_stream.fileio import _owner_alive, _unlink, json_bytes
 
 log = logging.getLogger(__name__)
 RECORD_VERSION = 1
@@ -175,7 +175,7 @@ def move_aside(out_dir: str, *, now: float | None = None) -> str | None:
     import fnmatch
     import time
 
-    from relight_stream.pipeline.shard_io import fsync_dir
+    from relight_stream.fileio import fsync_dir
 
     if not os.path.isdir(out_dir):
         return None

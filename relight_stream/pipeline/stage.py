@@ -16,12 +16,12 @@ from typing import Any, Callable
 
 import numpy as np
 
+from relight_stream.log import cores_per_rank
 from relight_stream.sample import SampleBatch
 
 log = logging.getLogger(__name__)
 
-NUM_THREADS = int(os.environ.get("RELIGHT_THREADS", 0)) or max(
-    1, len(os.sched_getaffinity(0)) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+NUM_THREADS = int(os.environ.get("RELIGHT_THREADS", 0)) or cores_per_rank()
 """Sample threads per process: ``RELIGHT_THREADS``, else the usable cores shared among the node's ranks."""
 
 _POOL: tuple[int, ThreadPoolExecutor] | None = None

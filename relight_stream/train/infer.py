@@ -10,6 +10,7 @@ convention as ``generate``), then the pipeline runs with text and image guidance
 
 from __future__ import annotations
 
+import io
 import logging
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 
 from relight_stream.config import InferConfig, RunConfig
+from relight_stream.fileio import atomic_write
 from relight_stream.train.data import decode_rgb, resolve_shards
 
 log = logging.getLogger(__name__)
@@ -41,9 +43,9 @@ def save_image(arr: np.ndarray, path: Path) -> None:
     from PIL import Image
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp" + path.suffix)
-    Image.fromarray(arr).save(tmp, quality=95)
-    tmp.replace(path)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format=Image.registered_extensions().get(path.suffix.lower(), "PNG"), quality=95)
+    atomic_write(str(path), buf.getvalue())
 
 
 def composite_on_grey(rgb_HW3: np.ndarray, mask_HW: np.ndarray) -> np.ndarray:

@@ -1,7 +1,9 @@
-"""Shard I/O primitives: canonical JSON, sha256, atomic writes (temp file → fsync → rename) and temp-file ownership.
+"""File primitives for every output: canonical JSON, sha256, atomic writes (temp file → fsync → rename) and
+temp-file ownership.
 
 Reads/writes whatever path it is given; used by :mod:`relight_stream.pipeline.shard` (the writer),
-:mod:`relight_stream.pipeline.shard_records` (resume, lock) and the other commands' outputs. Temp files are named
+:mod:`relight_stream.pipeline.shard_records` (resume, lock), configs, previews, engine sidecars, bench results and
+the other commands' outputs. Temp files are named
 ``<path>.tmp-<host>-<pid>`` so a later run can tell whether their writer may still be alive.
 """
 
