@@ -168,7 +168,7 @@ class GeometryStage(Stage):
             from relight_stream.engines import create_engine
 
             self.engine = create_engine("depth", self.engine_flavor, weights=self.cfg.weights,
-                                        device=None if self.run.device == "auto" else self.run.device)
+                                        device=self.run.device)
 
     def describe(self) -> str:
         if self.cfg.backend == "classical":

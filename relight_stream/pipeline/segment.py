@@ -203,7 +203,7 @@ class SegmentStage(Stage):
             from relight_stream.engines import create_engine
 
             self.engine = create_engine("segmenter", self.cfg.flavor, weights=self.cfg.weights,
-                                        device=None if self.run.device == "auto" else self.run.device)
+                                        device=self.run.device)
 
     def describe(self) -> str:
         if self.cfg.backend == "classical":
