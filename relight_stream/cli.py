@@ -194,11 +194,13 @@ def filter_cmd(ctx, inputs, out, scorer, top, threshold, splits, from_scores, cl
 @click.option("--decode-backend", type=click.Choice(["auto", "dali", "pil"]), default=None)
 @click.option("--skip-bad-input-shards", is_flag=True, default=None, help="Exit 0 although an input tar is truncated.")
 @click.option("--fast-dev-run", is_flag=True, default=None, help="One batch of the first shard only.")
+@click.option("--workers", type=click.IntRange(min=0), default=None,
+              help="Worker processes (0: auto, one per core on CPU runs; 1: this process).")
 @dry_run_option
 @config_option
 @click.pass_context
 def generate_cmd(ctx, inputs, out, resolution, samples_per_shard, segmenter, depth, mix, preview, consistency,
-                 overwrite, new_run, keep_alpha, decode_backend, skip_bad_input_shards, fast_dev_run, dry_run,
+                 overwrite, new_run, keep_alpha, decode_backend, skip_bad_input_shards, fast_dev_run, workers, dry_run,
                  config_file) -> None:
     """Turn photos into relighting triplet shards.
 
@@ -213,7 +215,7 @@ def generate_cmd(ctx, inputs, out, resolution, samples_per_shard, segmenter, dep
         "relight.mix": _parse_mix(mix), "preview": preview, "relight.consistency": consistency,
         "shard.overwrite": overwrite, "fast_dev_run": fast_dev_run, "dry_run": dry_run,
         "decode.backend": decode_backend, "shard.skip_bad_input_shards": skip_bad_input_shards,
-        "shard.new_run": new_run, "decode.keep_alpha": keep_alpha,
+        "shard.new_run": new_run, "decode.keep_alpha": keep_alpha, "workers": workers,
     }
     _invoke(ctx, "generate", C.GenerateConfig, config_file, flags)
 

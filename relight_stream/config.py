@@ -46,7 +46,7 @@ class DecodeConfig:
     resize: Literal["crop", "pad"] = "crop"
     batch_size: int = 32
     num_workers: int = 0
-    """Threads reading and CPU-decoding files (0: min(8, CPU count)); does not change the outputs."""
+    """Threads reading and CPU-decoding files (0: this rank's cores, at most 8); does not change the outputs."""
     max_pixels: int = 89_478_485
     """Images whose header claims more pixels are skipped as ``too_large`` before a full decode."""
     min_size: int = 64
@@ -204,6 +204,9 @@ class GenerateConfig:
     dry_run: bool = False
     fast_dev_run: bool = False
     """Process one batch of the first shard only (smoke test)."""
+    workers: int = 0
+    """Worker processes, each a local rank (``pipeline/workers.py``): 0 = auto (one per core on a CPU run with at
+    least 48 inputs each; 1 on a GPU), 1 = in this process. Does not change the outputs."""
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     segment: SegmentConfig = field(default_factory=SegmentConfig)
     geometry: GeometryConfig = field(default_factory=GeometryConfig)

@@ -7,7 +7,7 @@ import os
 import socket
 import sys
 from collections import Counter
-from typing import Any
+from typing import Any, Callable
 
 log = logging.getLogger(__name__)
 _WARNED: set[str] = set()
@@ -25,6 +25,11 @@ def rank_world() -> tuple[int, int]:
 def cores_per_rank() -> int:
     """The CPU cores this process may use, shared evenly among the ranks of its node (``LOCAL_WORLD_SIZE``)."""
     return max(1, len(os.sched_getaffinity(0)) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+
+
+def pool_threads() -> int:
+    """Default size of a decode or encode thread pool: this rank's cores (:func:`cores_per_rank`), at most 8."""
+    return max(1, min(8, cores_per_rank()))
 
 
 def rank_device(device: str) -> str:
@@ -82,8 +87,36 @@ class DropCounter:
         return dict(sorted(self.counts.items()))
 
 
+_PROGRESS_CHANNEL: Callable[[tuple[int, int | None, int | None]], None] | None = None
+
+
+def set_progress_channel(send: Callable[[tuple[int, int | None, int | None]], None] | None) -> None:
+    """Route this process's progress to ``send`` instead of a bar (a worker process of ``generate --workers``;
+    its parent shows the one bar). ``send`` receives ``(n_done, kept, dropped)``; ``kept``/``dropped`` are
+    ``None`` in an update and running totals in a ``set_postfix``."""
+    global _PROGRESS_CHANNEL
+    _PROGRESS_CHANNEL = send
+
+
+class _ChannelBar:
+    def __init__(self, send: Callable[[tuple[int, int | None, int | None]], None]) -> None:
+        self.send = send
+
+    def update(self, n: int = 1) -> None:
+        self.send((int(n), None, None))
+
+    def set_postfix(self, kept: int = 0, dropped: int = 0, **_: Any) -> None:
+        self.send((0, int(kept), int(dropped)))
+
+    def close(self) -> None:
+        pass
+
+
 def progress(total: int | None = None, *, desc: str = "", unit: str = "img", **kwargs: Any):
-    """The one tqdm bar of a process: off on ranks other than 0 and when stderr is not a terminal."""
+    """The one tqdm bar of a process: off on ranks other than 0 and when stderr is not a terminal; in a worker
+    process (:func:`set_progress_channel`) the updates go to the parent's bar."""
+    if _PROGRESS_CHANNEL is not None:
+        return _ChannelBar(_PROGRESS_CHANNEL)
     from tqdm.auto import tqdm
 
     rank, _ = rank_world()

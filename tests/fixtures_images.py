@@ -12,6 +12,7 @@ import os
 import struct
 import tarfile
 import zlib
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -194,3 +195,8 @@ def write_tar(path: str | os.PathLike, members: list[tuple[str, bytes]]) -> str:
             ti.size = len(data)
             tf.addfile(ti, io.BytesIO(data))
     return str(path)
+
+
+def shard_outputs(d: Path) -> dict[str, bytes]:
+    """name -> bytes of every shard tar and record in ``d`` (for byte-identity checks between runs)."""
+    return {p.name: p.read_bytes() for p in sorted(Path(d).glob("shard-*")) if p.suffix in (".tar", ".json")}

@@ -59,6 +59,7 @@ import numpy as np
 
 from relight_stream.config import DecodeConfig
 from relight_stream.kernels.xp import asnumpy
+from relight_stream.log import pool_threads
 from relight_stream.pipeline.decode_cpu import (  # noqa: F401  (re-exported: the public decode API)
     check_suspicious,
     composite,
@@ -237,13 +238,12 @@ def decode_batches(items: Any, cfg: DecodeConfig, *, seed: int = 0, dali: Any = 
         cfg: Decode settings.
         seed: Global seed (for ``meta.sample_seed``).
         dali: A decoder from :func:`resolve_dali`, or ``None`` for the CPU path.
-        num_workers: Threads for reading/probing/CPU decode (0: ``min(8, cpu_count)``).
+        num_workers: Threads for reading/probing/CPU decode (0: ``log.pool_threads()``).
         prefetch: Batches submitted ahead of the one being yielded.
         groups: Iterable of item sequences (e.g. work units); no batch crosses a group boundary, while one thread
             pool and prefetch window serve all groups.
     """
     import itertools
-    import os
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
@@ -253,7 +253,7 @@ def decode_batches(items: Any, cfg: DecodeConfig, *, seed: int = 0, dali: Any = 
             while chunk := list(itertools.islice(it, cfg.batch_size)):
                 yield chunk
 
-    workers = num_workers or max(1, min(8, os.cpu_count() or 1))
+    workers = num_workers or pool_threads()
     source = chunks()
     use_dali = dali is not None
     with ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:

@@ -12,12 +12,12 @@ re-decodes that batch per sample on the CPU (DALI cannot skip a corrupt file, RE
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import numpy as np
 
 from relight_stream.config import DecodeConfig
+from relight_stream.log import pool_threads
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class DaliDecoder:
             raise ValueError(f"DALI device must be 'cpu' or 'mixed', got {device!r}")
         self.cfg = cfg
         self.device = device
-        self.num_threads = num_threads or max(1, min(8, os.cpu_count() or 1))
+        self.num_threads = num_threads or pool_threads()
         self.device_id = device_id
         self.name = f"dali-{device}"
         self._pipe = None

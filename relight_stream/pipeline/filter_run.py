@@ -42,12 +42,23 @@ import numpy as np
 import pandas as pd
 
 from relight_stream.config import FilterConfig, RunConfig, config_to_dict, dump_config
-from relight_stream.log import cores_per_rank, rank_device, rank_world
+from relight_stream.log import cores_per_rank, pool_threads, rank_device, rank_world
 from relight_stream.pipeline.filter_ranks import (
-    merge_embeddings, merge_stats, part_path, run_fingerprint, wait_and_merge,
+    merge_embeddings,
+    merge_stats,
+    part_path,
+    run_fingerprint,
+    wait_and_merge,
 )
 from relight_stream.pipeline.selection import (  # noqa: F401 (read_scores/write_scores: public here too)
-    BASE_COLUMNS, contact_sheet, ranking_score, read_scores, select, sheet_rows, top_negative, write_scores,
+    BASE_COLUMNS,
+    contact_sheet,
+    ranking_score,
+    read_scores,
+    select,
+    sheet_rows,
+    top_negative,
+    write_scores,
     write_selection,
 )
 from relight_stream.pipeline.shard import atomic_write
@@ -220,8 +231,8 @@ def configure_threads(device: str, decode_workers: int, asked: int = 0) -> int |
 
 
 def decode_workers(cfg: FilterConfig) -> int:
-    """Threads ``decode_batches`` uses for ``cfg`` (``decode.num_workers``, 0 meaning ``min(8, cpu_count)``)."""
-    return cfg.decode.num_workers or max(1, min(8, os.cpu_count() or 1))
+    """Threads ``decode_batches`` uses for ``cfg`` (``decode.num_workers``, 0 meaning ``log.pool_threads()``)."""
+    return cfg.decode.num_workers or pool_threads()
 
 
 def run_filter(cfg: FilterConfig, run: RunConfig) -> int:

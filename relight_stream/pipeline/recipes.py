@@ -33,6 +33,7 @@ from relight_stream.pipeline.recipes_report import dry_run_report, write_stats
 from relight_stream.pipeline.runner import StageSetupError, run_stages
 from relight_stream.pipeline.sources import Plan, WorkUnit, make_plan
 from relight_stream.pipeline.stage import Stage, check_pipeline, describe_pipeline
+from relight_stream.pipeline.workers import in_worker, resolve_workers, run_workers, uses_gpu
 from relight_stream.sample import SampleBatch
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ def run_generate(cfg: GenerateConfig, run: RunConfig, *, stages: list[Stage] | N
         raise ValueError("generate needs at least one INPUT (folder, CSV/parquet list or .tar shards)")
 
     plan = make_plan(cfg.inputs, samples_per_shard=cfg.shard.samples_per_shard)
+    default_stages = stages is None
     stages = build_generate_stages(cfg, run) if stages is None else stages
     source = decode_writes(cfg.decode)
     check_pipeline(source, stages)
@@ -79,6 +81,10 @@ def run_generate(cfg: GenerateConfig, run: RunConfig, *, stages: list[Stage] | N
         return 0
 
     os.makedirs(cfg.out, exist_ok=True)
+    if cfg.workers != 1 and not cfg.fast_dev_run and not in_worker():
+        code = _maybe_workers(cfg, run, plan, mine, chash, stages=None if default_stages else stages)
+        if code is not None:
+            return code
     with S.RunLock(cfg.out, rank):
         if cfg.shard.new_run:
             S.move_aside(cfg.out)
@@ -101,6 +107,30 @@ def run_generate(cfg: GenerateConfig, run: RunConfig, *, stages: list[Stage] | N
              s["ok"], s["skipped"], s["failed"], s["inputs"], s["samples_per_s"], s["shards_written"],
              s["shards_failed"], code)
     return code
+
+
+def _maybe_workers(cfg: GenerateConfig, run: RunConfig, plan: Plan, mine: list[WorkUnit], chash: str, *,
+                   stages: list[Stage] | None) -> int | None:
+    """Run in worker processes (:mod:`.workers`) when ``cfg.workers`` resolves to more than one; ``None`` else.
+
+    Stale outputs fail here, before any worker starts; ``--new-run`` moves the old outputs aside here once.
+    """
+    rank, _ = rank_world()
+    if cfg.shard.new_run:
+        todo = mine
+    elif cfg.shard.overwrite:  # stale shards are replaced by the workers; count what is left without deleting
+        todo = [u for u in mine if not S.is_done(cfg.out, u, chash)]
+    else:
+        todo, _ = S.classify_shards(cfg.out, mine, {u.name for u in plan.units}, chash=chash, overwrite=False,
+                                    delete_extra=False)
+    gpu = cfg.workers == 0 and uses_gpu(cfg, run)
+    n = resolve_workers(cfg.workers, gpu=gpu, inputs_todo=sum(len(u.items) for u in todo), units_todo=len(todo))
+    if n <= 1:
+        return None
+    if cfg.shard.new_run:
+        with S.RunLock(cfg.out, rank):
+            S.move_aside(cfg.out)
+    return run_workers(cfg, run, n, total=sum(len(u.items) for u in todo), stages=stages)
 
 
 def build_generate_stages(cfg: GenerateConfig, run: RunConfig) -> list[Stage]:

@@ -53,11 +53,10 @@ def dry_run_report(cfg: GenerateConfig, plan: Plan, mine: list[WorkUnit], stages
     """What ``generate`` would do; reads existing records but loads no model and writes nothing."""
     done, stale = [], []
     for u in mine:
-        rec = S.read_record(cfg.out, u.name) if os.path.isdir(cfg.out) else None
-        if rec is None:
-            continue
-        ok = rec.get("config_hash") == chash and rec.get("input_fingerprint") == u.fingerprint()
-        (done if ok else stale).append(u.name)
+        if S.is_done(cfg.out, u, chash):
+            done.append(u.name)
+        elif os.path.isdir(cfg.out) and S.read_record(cfg.out, u.name) is not None:
+            stale.append(u.name)
     if cfg.shard.new_run:  # everything moves aside first: every shard is to do
         done, stale = [], []
     members = S.member_names(fields)

@@ -31,7 +31,6 @@ from typing import Any, Callable
 
 import numpy as np
 
-from relight_stream.kernels.xp import asnumpy
 from relight_stream.fileio import (  # noqa: F401  (re-exported)
     _disk_error,
     _tmp_suffix,
@@ -41,6 +40,8 @@ from relight_stream.fileio import (  # noqa: F401  (re-exported)
     json_bytes,
     sha256,
 )
+from relight_stream.kernels.xp import asnumpy
+from relight_stream.log import pool_threads
 from relight_stream.pipeline.shard_records import (  # noqa: F401  (re-exported)
     ENCODER_VERSION,
     HASH_EXCLUDE,
@@ -50,6 +51,7 @@ from relight_stream.pipeline.shard_records import (  # noqa: F401  (re-exported)
     classify_shards,
     clean_stale_temps,
     config_hash,
+    is_done,
     move_aside,
     read_record,
 )
@@ -58,7 +60,7 @@ from relight_stream.sample import SampleBatch
 __all__ = ["ARTIFACTS", "ENCODER_VERSION", "HASH_EXCLUDE", "MEMBERS", "PNG_FILTER", "PNG_LEVEL", "PNG_STRATEGY",
            "RECORD_VERSION", "RUN_OUTPUTS", "RunLock", "ShardWriter", "atomic_write", "classify_shards",
            "clean_stale_temps", "config_hash", "fsync_dir", "json_bytes", "member_names", "move_aside",
-           "output_fields", "read_record", "sha256"]
+           "is_done", "output_fields", "read_record", "sha256"]
 log = logging.getLogger(__name__)
 #: PNG members: zlib level 1, RLE strategy, Paeth row filter only. On 1024² photo-derived normals (2-core box) ~2.3x
 #: faster than OpenCV's default (level 3, libpng trying every filter per row) and ~11% smaller: Paeth residuals of
@@ -160,7 +162,7 @@ def member_names(fields: list[str]) -> list[str]:
 
 @functools.cache
 def _encode_pool() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1)), thread_name_prefix="encode")
+    return ThreadPoolExecutor(pool_threads(), thread_name_prefix="encode")
 
 
 class ShardWriter:

@@ -24,7 +24,7 @@ ENCODER_VERSION = 2
 
 #: Config keys that do not change the outputs (left out of the config hash).
 HASH_EXCLUDE = frozenset({"inputs", "out", "dry_run", "preview", "fast_dev_run", "shard.overwrite", "shard.new_run",
-                          "shard.skip_bad_input_shards", "decode.num_workers"})
+                          "shard.skip_bad_input_shards", "decode.num_workers", "workers"})
 
 
 def config_hash(cfg_dict: dict[str, Any], seed: int) -> str:
@@ -56,6 +56,12 @@ def read_record(out_dir: str, name: str) -> dict[str, Any] | None:
         log.warning("unreadable record %s: the shard will be regenerated", path)
         return None
     return rec if isinstance(rec, dict) and rec.get("shard") == name else None
+
+
+def is_done(out_dir: str, unit: Any, chash: str) -> bool:
+    """Whether ``unit``'s shard is written with this config hash and input fingerprint (reads only)."""
+    rec = read_record(out_dir, unit.name) if os.path.isdir(out_dir) else None
+    return rec is not None and rec.get("config_hash") == chash and rec.get("input_fingerprint") == unit.fingerprint()
 
 
 class RunLock:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import fixtures_images as fx
+from fixtures_images import shard_outputs as _outputs
 from relight_stream.config import DecodeConfig, GenerateConfig, RunConfig, ShardConfig
 from relight_stream.pipeline import shard as S
 from relight_stream.pipeline.recipes import run_generate
@@ -76,20 +77,6 @@ def _wait_for(marker: Path, p: subprocess.Popen, timeout: float = 60) -> None:
         assert p.poll() is None, p.stdout.read().decode()
         assert time.time() < deadline, "the subprocess never reached the marker"
         time.sleep(0.02)
-
-
-def _outputs(d: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(d.glob("shard-*")) if p.suffix in (".tar", ".json")}
-
-
-@pytest.fixture
-def photos_dir(tmp_path) -> Path:
-    """12 FFHQ-like images (PNG and JPEG) plus a zero-byte and a text file posing as images."""
-    d = tmp_path / "in"
-    fx.ffhq_tree(d, n=6, per_folder=3)
-    fx.ffhq_tree(d / "jpg", n=4, fmt="jpg")
-    fx.write_tree(d, {"00000/empty.png": b"", "00000/fake.jpg": b"<html>"})
-    return d
 
 
 def test_generate_writes_verified_shards_records_config_and_stats(photos_dir, tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from relight_stream.bench.generate import bench_generate
 from relight_stream.config import BenchConfig, RunConfig
 
@@ -10,9 +12,15 @@ def test_bench_generate_tiny_reports_every_stage_and_e2e() -> None:
     result = bench_generate(BenchConfig(tiny=True, repeats=1, warmup=0), RunConfig(seed=0))
     names = {(r["name"], r["resolution"]) for r in result["rows"]}
     for side in (64, 96):
-        for stage in ("decode", "segment", "geometry", "albedo", "relight", "instruct", "encode", "e2e"):
+        for stage in ("decode", "segment", "geometry", "albedo", "relight", "instruct", "encode", "e2e",
+                      "e2e-workers"):
             assert (stage, side) in names
     assert all(r["images_per_s"] > 0 for r in result["rows"])
-    e2e = [r for r in result["rows"] if r["name"] == "e2e"]
-    assert all(r["images"] == 4 and r["cpu_s_per_ok"] > 0 and r["ok_per_s"] > 0 for r in e2e)
+    e2e = [r for r in result["rows"] if r["name"].startswith("e2e")]
+    assert all(r["images"] == 8 and r["cpu_s_per_ok"] > 0 and r["ok_per_s"] > 0 for r in e2e)
+    assert {r["workers"] for r in e2e} == {1, max(2, len(os.sched_getaffinity(0)))}
     assert result["target"] == "generate" and result["e2e_images_per_s_96"] > 0
+    for side in (64, 96):  # the summary holds the faster run and the ratio of the two
+        runs = {r["workers"]: r["ok_per_s"] for r in e2e if r["resolution"] == side}
+        assert result[f"e2e_workers_{side}"] == max(runs, key=runs.get)
+        assert result[f"workers_speedup_{side}"] == round(runs[max(runs)] / runs[1], 2)
