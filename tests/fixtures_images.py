@@ -200,3 +200,80 @@ def write_tar(path: str | os.PathLike, members: list[tuple[str, bytes]]) -> str:
 def shard_outputs(d: Path) -> dict[str, bytes]:
     """name -> bytes of every shard tar and record in ``d`` (for byte-identity checks between runs)."""
     return {p.name: p.read_bytes() for p in sorted(Path(d).glob("shard-*")) if p.suffix in (".tar", ".json")}
+
+
+def _unit_grid(n: int) -> tuple[np.ndarray, np.ndarray]:
+    y, x = np.mgrid[0:n, 0:n].astype(np.float32)
+    return (x + 0.5) / n - 0.5, 0.5 - (y + 0.5) / n
+
+
+def statue(n: int = 256, background: str = "sky", azimuth: float = 30.0) -> tuple[np.ndarray, np.ndarray]:
+    """A marble bust (head with brow, nose and eye sockets, neck, shoulders cut by the bottom edge) lit from
+    ``azimuth`` in linear light, on ``background``: ``sky`` (blue gradient), ``dark`` (museum wall) or ``brick``
+    (scikit-image's grey brick wall: stone on stone). Returns (sRGB uint8 ``n``×``n``×3, true mask bool)."""
+    from relight_stream.kernels.color import linear_to_srgb_u8
+    from relight_stream.kernels.lights import light_direction
+    from relight_stream.kernels.normals import normals_from_height
+    from relight_stream.kernels.shading import lambert
+
+    x, y = _unit_grid(n)
+
+    def bump(cx, cy, sx, sy):
+        return np.exp(-(((x - cx) / sx) ** 2 + ((y - cy) / sy) ** 2))
+
+    ell = 1 - (x / 0.16) ** 2 - ((y - 0.12) / 0.21) ** 2
+    head = 0.16 * np.sqrt(np.maximum(ell, 0)) + 0.04 * bump(0, 0.09, 0.02, 0.05)
+    head -= 0.02 * (bump(-0.06, 0.16, 0.035, 0.025) + bump(0.06, 0.16, 0.035, 0.025))
+    neck = 0.1 * np.sqrt(np.maximum(1 - (x / 0.08) ** 2, 0)) * ((y < -0.02) & (y > -0.2))
+    shoulders = 0.14 * np.sqrt(np.maximum(1 - (x / 0.36) ** 2 - ((y + 0.42) / 0.24) ** 2, 0))
+    z = np.maximum(np.maximum(np.where(ell > 0, np.maximum(head, 1e-3), 0), neck), shoulders).astype(np.float32)
+    mask = z > 0
+    normals = normals_from_height(z, mask.astype(np.float32))
+    shade = 0.15 + 0.9 * lambert(normals, light_direction(azimuth, 40.0))
+    vein = 0.9 + 0.1 * np.sin(8 * x + 3 * np.sin(12 * y))
+    fg = np.stack([0.78 * vein, 0.76 * vein, 0.72 * vein], -1) * shade[..., None]
+    if background == "brick":
+        import cv2
+        from skimage import data
+
+        bg = (cv2.resize(data.brick(), (n, n)).astype(np.float32) / 255.0) ** 2.2 * 0.7
+        bg = np.repeat(bg[..., None], 3, axis=2)
+    elif background == "dark":
+        bg = np.zeros((n, n, 3), np.float32) + np.linspace(0.02, 0.08, n, dtype=np.float32)[:, None, None]
+    elif background == "sky":
+        bg = np.linspace(0.25, 0.55, n, dtype=np.float32)[:, None, None] * np.array([0.6, 0.75, 1.0], np.float32)
+        bg = np.broadcast_to(bg, (n, n, 3))
+    else:
+        raise ValueError(f"unknown background {background!r}")
+    img = np.where(mask[..., None], fg, bg).astype(np.float32)
+    return linear_to_srgb_u8(img), mask
+
+
+def illustration(n: int = 256, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A flat-coloured cartoon character (hair, face, body) with dark outlines on a pastel background scattered
+    with dots. Returns (sRGB uint8 ``n``×``n``×3, true mask bool)."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    img = np.full((n, n, 3), (236, 226, 200), np.uint8)
+    for _ in range(12):
+        cv2.circle(img, tuple(int(v) for v in rng.integers(0, n, 2)), max(1, n // 64), (200, 190, 230), -1)
+    mask = np.zeros((n, n), np.uint8)
+    s = n / 256
+    line = max(1, int(3 * s))
+
+    def part(draw, *geom, colour):
+        draw(img, *geom, colour, -1, lineType=cv2.LINE_AA)
+        draw(img, *geom, (30, 25, 20), line, lineType=cv2.LINE_AA)
+        draw(mask, *geom, 1, -1)
+
+    def p(v):
+        return int(v * s)
+
+    part(cv2.ellipse, (p(128), p(200)), (p(62), p(70)), 0, 0, 360, colour=(70, 130, 200))  # body
+    part(cv2.circle, (p(128), p(100)), p(52), colour=(250, 215, 180))  # head
+    part(cv2.ellipse, (p(128), p(62)), (p(56), p(22)), 0, 180, 360, colour=(120, 70, 40))  # hair
+    for ex in (110, 146):
+        cv2.circle(img, (p(ex), p(98)), p(6), (30, 25, 20), -1)
+    cv2.ellipse(img, (p(128), p(120)), (p(16), p(8)), 0, 0, 180, (180, 60, 60), line)
+    return img, mask.astype(bool)

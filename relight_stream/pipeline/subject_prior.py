@@ -179,10 +179,16 @@ def centre_prior(n: int) -> np.ndarray:
 
 
 def person_from_face(n: int, x: int, y: int, w: int, h: int) -> np.ndarray:
-    """Soft map (``n``², 0–1) of a head ellipse at the face box plus shoulders and torso below it."""
+    """Soft map (``n``², 0–1) of a head ellipse at the face box plus shoulders and torso below it.
+
+    Only the middle of the face box is certain (1.0, GrabCut's definite foreground). The head ellipse around it
+    (hair, ears) is probable (0.7): a detector box that already spans a whole head (a statue, a cartoon, a bald
+    head) would otherwise make the sky above the head definite foreground.
+    """
     out = np.zeros((n, n), np.float32)
     cx, cy = x + w / 2, y + h / 2
-    cv2.ellipse(out, (int(cx), int(cy - 0.1 * h)), (int(0.75 * w), int(0.95 * h)), 0, 0, 360, 1.0, -1)
+    cv2.ellipse(out, (int(cx), int(cy - 0.1 * h)), (int(0.75 * w), int(0.95 * h)), 0, 0, 360, 0.7, -1)
+    cv2.ellipse(out, (int(cx), int(cy + 0.05 * h)), (int(0.32 * w), int(0.4 * h)), 0, 0, 360, 1.0, -1)
     neck = y + 1.1 * h
     body = np.array([[cx - 0.45 * w, neck], [cx + 0.45 * w, neck], [cx + 1.6 * w, neck + 1.2 * h],
                      [cx + 1.8 * w, n + 4 * h], [cx - 1.8 * w, n + 4 * h], [cx - 1.6 * w, neck + 1.2 * h]])

@@ -1,4 +1,4 @@
-"""Classical segmentation on scikit-image's real photos: animals that fill the frame, people, no-subject images."""
+"""Classical segmentation on real photos and drawn subjects: animals, people, statues, illustrations, no subject."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
+import fixtures_images as fx
 from relight_stream.config import SegmentConfig
 from relight_stream.pipeline.segment import SegmentStage, fill_from_fragments, is_scattered, plausibility
 from relight_stream.sample import SampleBatch
@@ -100,3 +101,30 @@ def test_frame_filling_masks_may_touch_more_border_and_unresolved_fragments_are_
     assert plausibility(eyes, cfg)[0] is None
     assert plausibility(eyes, cfg, fragments=True)[0] == "implausible_mask"
     assert plausibility(np.zeros((96, 96), np.float32), cfg, fragments=True)[0] == "empty_mask"
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max(1, (a | b).sum()))
+
+
+@pytest.mark.parametrize(("background", "azimuth", "min_iou"), [
+    ("sky", 30.0, 0.95), ("sky", 150.0, 0.95), ("dark", 30.0, 0.95), ("dark", 150.0, 0.95),
+    ("brick", 30.0, 0.8), ("brick", 150.0, 0.8),  # stone on stone: the shadowed side of the head may go
+])
+def test_a_statue_is_segmented_without_the_backdrop_above_its_head(stage, background, azimuth, min_iou) -> None:
+    img, truth = fx.statue(256, background, azimuth)
+    batch = _run(stage, [img])
+    assert batch.keep_B[0], batch.drop_reason
+    mask = batch["mask_BHW"][0] > 0.5
+    assert _iou(mask, truth) >= min_iou, _iou(mask, truth)
+    assert mask[:20].mean() < 0.05, "the backdrop above the head is not the statue"
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_an_illustration_keeps_the_character_and_drops_the_page(stage, seed) -> None:
+    img, truth = fx.illustration(256, seed)
+    batch = _run(stage, [img])
+    assert batch.keep_B[0], batch.drop_reason
+    mask = batch["mask_BHW"][0] > 0.5
+    assert _iou(mask, truth) >= 0.9, _iou(mask, truth)
+    assert mask[:, :40].mean() < 0.02 and mask[:, -40:].mean() < 0.02  # the page either side
