@@ -40,7 +40,7 @@ from relight_stream.fileio import (  # noqa: F401  (re-exported)
     json_bytes,
     sha256,
 )
-from relight_stream.kernels.xp import asnumpy
+from relight_stream.kernels.xp import asnumpy, get_xp
 from relight_stream.log import pool_threads
 from relight_stream.pipeline.shard_records import (  # noqa: F401  (re-exported)
     ENCODER_VERSION,
@@ -72,10 +72,10 @@ PNG_FILTER = "paeth"
 
 
 def _u8(a: Any) -> np.ndarray:
-    a = asnumpy(a)
-    if a.dtype == np.uint8:
-        return np.ascontiguousarray(a)
-    return np.clip(np.rint(a.astype(np.float32) * 255.0), 0, 255).astype(np.uint8)
+    if a.dtype != np.uint8:  # quantised on the array's device, like _linear_to_srgb_u8
+        xp = get_xp(a)
+        a = xp.clip(xp.rint(a.astype(xp.float32) * 255.0), 0, 255).astype(xp.uint8)
+    return np.ascontiguousarray(asnumpy(a))
 
 
 def _jpeg(rgb: np.ndarray, quality: int) -> bytes:
@@ -100,9 +100,10 @@ def _png(a: np.ndarray) -> bytes:
 
 
 def _linear_to_srgb_u8(a: Any) -> np.ndarray:
+    # On the array's device: a CuPy row reaches the host as uint8 (a quarter of the bytes; the curve runs on the GPU)
     from relight_stream.kernels.color import linear_to_srgb_u8
 
-    return np.ascontiguousarray(asnumpy(linear_to_srgb_u8(np.clip(asnumpy(a), 0.0, 1.0))))
+    return np.ascontiguousarray(asnumpy(linear_to_srgb_u8(get_xp(a).clip(a, 0.0, 1.0))))
 
 
 def enc_srgb_jpg(a: Any, q: int) -> bytes:
@@ -122,8 +123,9 @@ def enc_mask_png(a: Any, q: int) -> bytes:
 
 
 def enc_normals_png(a: Any, q: int) -> bytes:
-    n = asnumpy(a).astype(np.float32)
-    return _png(np.clip(np.rint((n + 1.0) * 0.5 * 255.0), 0, 255).astype(np.uint8))
+    xp = get_xp(a)
+    n = a.astype(xp.float32)
+    return _png(asnumpy(xp.clip(xp.rint((n + 1.0) * 0.5 * 255.0), 0, 255).astype(xp.uint8)))
 
 
 def enc_depth_npy(a: Any, q: int) -> bytes:
