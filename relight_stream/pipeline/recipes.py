@@ -254,7 +254,7 @@ def write_shards(cfg: GenerateConfig, run: RunConfig, todo: list[WorkUnit], stag
     """Decode, run the stages and write every unit of ``todo``; a unit whose batch raises is discarded and counted."""
     t0 = time.perf_counter()
     drops = DropCounter(logger=log)
-    totals: dict[str, Any] = {"batches": 0, "stage_s": {}, "source_wait_s": 0.0, "sink_s": 0.0}
+    totals: dict[str, Any] = {"batches": 0, "stage_s": {}, "source_wait_s": 0.0, "sink_s": 0.0, "sink_wait_s": 0.0}
     counts: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
     failed_units: list[str] = []
@@ -268,7 +268,7 @@ def write_shards(cfg: GenerateConfig, run: RunConfig, todo: list[WorkUnit], stag
             try:
                 st = run_stages(unit_batches(remaining, cfg, seed=seed, dali=dali), stages, sink, drops=drops,
                                 source_writes=decode_writes(cfg.decode), total=sum(len(u.items) for u in remaining),
-                                should_stop=stop, desc="generate")
+                                should_stop=stop, desc="generate", sink_depth=1)
             except (OSError, KeyboardInterrupt, StageSetupError) as exc:  # disk full, 2nd signal, no model: abort
                 sink.abort()
                 written += sink.written
@@ -312,6 +312,7 @@ def write_shards(cfg: GenerateConfig, run: RunConfig, todo: list[WorkUnit], stag
                                    for k, v in totals["stage_s"].items()},
             "source_wait_ms_per_batch": round(1e3 * totals["source_wait_s"] / max(1, totals["batches"]), 2),
             "shard_write_ms_per_batch": round(1e3 * totals["sink_s"] / max(1, totals["batches"]), 2),
+            "shard_write_wait_ms_per_batch": round(1e3 * totals["sink_wait_s"] / max(1, totals["batches"]), 2),
             "_signum": signum}
 
 
@@ -319,6 +320,7 @@ def _accumulate(totals: dict[str, Any], st: Any) -> None:
     totals["batches"] += st.batches
     totals["source_wait_s"] += st.source_wait_s
     totals["sink_s"] += st.sink_s
+    totals["sink_wait_s"] += st.sink_wait_s
     for k, v in st.stage_s.items():
         totals["stage_s"][k] = totals["stage_s"].get(k, 0.0) + v
 

@@ -14,6 +14,8 @@ Reads an iterator of :class:`~relight_stream.sample.SampleBatch` (normally
 * The one progress bar (:func:`relight_stream.log.progress`) advances at the sink, with kept/dropped and img/s.
 * ``should_stop()`` (e.g. a SIGTERM flag) is checked between batches: the loop stops taking work and returns with
   ``RunStats.interrupted`` set. Stages are torn down on every exit path.
+* With ``sink_depth`` > 0 the sink runs in its own thread (:class:`SinkThread`), one or more batches behind the
+  stages; the counts and the bar then run that far ahead of what is written.
 
 Example::
 
@@ -52,6 +54,7 @@ class RunStats:
     source_wait_s: float = 0.0
     stage_s: dict[str, float] = field(default_factory=dict)
     sink_s: float = 0.0
+    sink_wait_s: float = 0.0
     drops: dict[str, int] = field(default_factory=dict)
     interrupted: bool = False
 
@@ -69,6 +72,7 @@ class RunStats:
             "source_wait_ms_per_batch": round(1e3 * self.source_wait_s / n, 2),
             "stage_ms_per_batch": {k: round(1e3 * v / n, 2) for k, v in self.stage_s.items()},
             "sink_ms_per_batch": round(1e3 * self.sink_s / n, 2),
+            "sink_wait_ms_per_batch": round(1e3 * self.sink_wait_s / n, 2),
             "drops": dict(sorted(self.drops.items())), "interrupted": self.interrupted,
         }
 
@@ -130,6 +134,51 @@ def prefetch(source: Iterable[Any], depth: int = 2) -> Iterator[Any]:
                 t.join(timeout=0.05)
 
 
+class SinkThread:
+    """Calls ``sink(batch)`` in order in a background thread, behind a queue of at most ``depth`` batches.
+
+    ``put`` blocks while the queue is full (back-pressure) and re-raises the sink's first error; after an error
+    the thread takes and discards further batches, so ``put`` never blocks for good. ``close`` lets the thread
+    finish every batch handed over (the sink sees exactly what a synchronous call would have seen before the
+    error or the end) and joins it.
+    """
+
+    def __init__(self, sink: Callable[[SampleBatch], None], depth: int = 1) -> None:
+        self.sink = sink
+        self.error: BaseException | None = None
+        self.busy_s = 0.0
+        self._q: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self._t = threading.Thread(target=self._run, name="sink", daemon=True)
+        self._t.start()
+
+    def _run(self) -> None:
+        while True:
+            batch = self._q.get()
+            if batch is _END:
+                return
+            if self.error is not None:
+                continue
+            t0 = time.perf_counter()
+            try:
+                self.sink(batch)
+            except BaseException as exc:  # handed to the producer at its next put / at close
+                self.error = exc
+            self.busy_s += time.perf_counter() - t0
+
+    def put(self, batch: SampleBatch) -> None:
+        self.raise_error()
+        self._q.put(batch)
+
+    def raise_error(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def close(self) -> None:
+        if self._t.is_alive():
+            self._q.put(_END)
+            self._t.join()
+
+
 def run_stages(
     batches: Iterable[SampleBatch],
     stages: list[Stage],
@@ -141,6 +190,7 @@ def run_stages(
     depth: int = 2,
     should_stop: Callable[[], bool] | None = None,
     desc: str = "",
+    sink_depth: int = 0,
 ) -> RunStats:
     """Run every batch through ``stages`` and hand it to ``sink`` (see the module docstring).
 
@@ -152,8 +202,12 @@ def run_stages(
         total: Number of samples expected, for the progress bar.
         drops: Counter to record drops in (a fresh one by default).
         depth: Prefetch queue depth in batches.
-        should_stop: Polled between batches; ``True`` stops the loop.
+        should_stop: Polled between batches; ``True`` stops the loop (batches already handed to the sink are
+            still written).
         desc: Progress-bar label.
+        sink_depth: 0 calls the sink in the loop; N > 0 runs it in a :class:`SinkThread` behind N batches, so
+            encoding and writing batch i overlap the stages of batch i+1 (``generate``: the GPU keeps working
+            while the CPU encodes). A stage error still reaches the caller after every earlier batch is written.
 
     Raises:
         ValueError: a stage reads a field nothing upstream writes (before any setup).
@@ -165,6 +219,7 @@ def run_stages(
     ready: list[Stage] = []
     bar = progress(total=total, desc=desc)
     src = prefetch(batches, depth)
+    writer = SinkThread(sink, sink_depth) if sink_depth > 0 else None
     try:
         for st in stages:
             try:
@@ -191,8 +246,12 @@ def run_stages(
                 if not batch.keep_B[i]:
                     drops.record(batch.drop_reason[i] or "unknown", batch.keys[i], batch.meta[i].get("drop_detail"))
             ts = time.perf_counter()
-            sink(batch)
-            stats.sink_s += time.perf_counter() - ts
+            if writer is None:
+                sink(batch)
+                stats.sink_s += time.perf_counter() - ts
+            else:
+                writer.put(batch)
+                stats.sink_wait_s += time.perf_counter() - ts
             stats.batches += 1
             n_ok = batch.num_kept
             n_failed = int((~batch.keep_B & batch.failed_B).sum())
@@ -203,8 +262,14 @@ def run_stages(
             el = time.perf_counter() - t0
             bar.set_postfix(kept=stats.ok, dropped=stats.skipped + stats.failed,
                             img_s=f"{stats.ok / el:.1f}" if el > 0 else "-", refresh=False)
+        if writer is not None:
+            writer.close()
+            writer.raise_error()
     finally:
         src.close()
+        if writer is not None:
+            writer.close()  # on an error too: the batches before it are written, as without the thread
+            stats.sink_s = writer.busy_s
         for st in reversed(ready):
             try:
                 st.teardown()

@@ -116,3 +116,64 @@ def test_decode_batches_pulls_inputs_lazily(tmp_path):
     first = next(gen)
     assert len(first) == 4 and len(pulled) <= 4 * 3  # the batch in hand + `prefetch` batches in flight
     assert sum(len(b) for b in gen) == 36 and len(pulled) == 40
+
+
+def test_a_sink_thread_sees_every_batch_in_order_and_overlaps_the_stages():
+    class Slow(Stage):
+        name = "slow"
+
+        def process(self, batch):
+            time.sleep(0.05)
+            return batch
+
+    seen = []
+
+    def slow_sink(b):
+        time.sleep(0.05)
+        seen.append(b.keys[0])
+
+    t0 = time.perf_counter()
+    stats = run_stages(_batches(16), [Slow()], slow_sink, sink_depth=1)
+    wall = time.perf_counter() - t0
+    assert seen == [f"k{i}" for i in range(0, 16, 2)] and stats.ok + stats.skipped + stats.failed == 16
+    assert stats.sink_s >= 8 * 0.05 * 0.9  # the sink thread's busy time is reported
+    assert wall < 16 * 0.05 * 0.9, wall  # 8 stage + 8 sink sleeps of 50 ms overlap (serial: 0.8 s)
+
+
+def test_a_sink_thread_writes_every_batch_before_a_stage_error_and_reraises_a_sink_error():
+    class BoomAt(Stage):
+        name = "boom"
+
+        def process(self, batch):
+            if batch.keys[0] == "k6":
+                raise RuntimeError("stage exploded")
+            return batch
+
+    seen = []
+
+    def slow_sink(b):
+        time.sleep(0.05)  # still writing k4 when k6 fails
+        seen.append(b.keys[0])
+
+    with pytest.raises(RuntimeError, match="stage exploded"):
+        run_stages(_batches(10), [BoomAt()], slow_sink, sink_depth=2)
+    assert seen == ["k0", "k2", "k4"]
+
+    calls = []
+
+    def bad_sink(b):
+        calls.append(b.keys[0])
+        raise OSError("disk full")
+
+    st = Recorder()
+    with pytest.raises(OSError, match="disk full"):
+        run_stages(_batches(20), [st], bad_sink, sink_depth=1)
+    assert calls == ["k0"] and st.events == ["setup", "teardown"]  # nothing written after the failure
+
+
+def test_a_stop_with_a_sink_thread_still_writes_the_batches_handed_over():
+    seen = []
+    stats = run_stages(_batches(20), [], lambda b: seen.append(b.keys[0]), sink_depth=1,
+                       should_stop=lambda: len(seen) >= 2)
+    assert stats.interrupted and 2 <= len(seen) < 10
+    assert seen == [f"k{i}" for i in range(0, 2 * len(seen), 2)] and stats.batches == len(seen)
