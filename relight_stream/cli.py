@@ -195,7 +195,7 @@ def filter_cmd(ctx, inputs, out, scorer, top, threshold, splits, from_scores, cl
 @click.option("--skip-bad-input-shards", is_flag=True, default=None, help="Exit 0 although an input tar is truncated.")
 @click.option("--fast-dev-run", is_flag=True, default=None, help="One batch of the first shard only.")
 @click.option("--workers", type=click.IntRange(min=0), default=None,
-              help="Worker processes (0: auto, one per core on CPU runs; 1: this process).")
+              help="Worker processes (0: auto, one per two cores on CPU runs; 1: this process).")
 @dry_run_option
 @config_option
 @click.pass_context

@@ -205,8 +205,8 @@ class GenerateConfig:
     fast_dev_run: bool = False
     """Process one batch of the first shard only (smoke test)."""
     workers: int = 0
-    """Worker processes, each a local rank (``pipeline/workers.py``): 0 = auto (one per core on a CPU run with at
-    least 48 inputs each; 1 on a GPU), 1 = in this process. Does not change the outputs."""
+    """Worker processes, each a local rank (``pipeline/workers.py``): 0 = auto (one per two cores on a CPU run
+    with at least 48 inputs each; 1 on a GPU), 1 = in this process. Does not change the outputs."""
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     segment: SegmentConfig = field(default_factory=SegmentConfig)
     geometry: GeometryConfig = field(default_factory=GeometryConfig)

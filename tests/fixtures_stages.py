@@ -20,3 +20,15 @@ class Hold(Stage):
             open(self.marker, "w").close()
             time.sleep(self.seconds)
         return batch
+
+
+class NoModel(Stage):
+    """A stage whose model cannot load: ``setup`` raises, as a missing checkpoint would."""
+
+    name = "nomodel"
+
+    def setup(self) -> None:
+        raise OSError("weights not found")
+
+    def process(self, batch):
+        return batch

@@ -5,6 +5,9 @@ Rows:
 * ``<stage>`` at ``resolution`` — one batch through each triplet stage (segment, geometry, albedo, relight,
   instruct) with the classical backends, plus ``encode`` (every shard member, as the shard writer encodes them)
   and ``decode`` (the JPEG inputs); median ms per batch and images/s.
+* ``gpu-run-cpu`` at ``resolution`` — ms per image, one thread, of what stays on the CPU when SAM2, depth and the
+  kernels run on a GPU (the prompt prior, the shard encoders with and without the artefacts), and the img/s
+  ceiling that sets for a 16-core host (``ceiling_img_s_16_cores``; ``write_artifacts: false`` for ``lean``).
 * ``e2e`` at ``resolution`` — :func:`relight_stream.pipeline.recipes.run_generate` over a folder of JPEGs (decode
   in its background thread, the stages, shard writing with every artefact), wall-clock images/s after a warm-up
   run on the same machine (``images_per_s`` over all inputs, ``ok_per_s`` over written triplets), and
@@ -134,7 +137,40 @@ def _stage_rows(images: np.ndarray, cfg: GenerateConfig, run: RunConfig, bench: 
                  "images_per_s": round(1e3 * kept / t["median_ms"], 2) if kept else None})
     for st in stages:
         st.teardown()
+    if kept:
+        rows.append(_gpu_run_cpu_row(images, batch, fields, cfg, bench))
     return rows
+
+
+def _gpu_run_cpu_row(images: np.ndarray, batch: SampleBatch, fields: list[str], cfg: GenerateConfig,
+                     bench: BenchConfig) -> dict[str, Any]:
+    """CPU work per image that stays on the CPU when the models and kernels run on a GPU (one thread, in series):
+    the SAM2 prompt prior (frontal faces + saliency) and the shard encoders, with and without the artefacts. Its
+    ``ceiling_img_s_16_cores`` bounds what a 16-core GPU host can feed (the H100 target is 500 img/s)."""
+    from relight_stream.pipeline import shard as S
+    from relight_stream.pipeline.subject_prior import subject_prior
+
+    def prior() -> None:
+        for img in images:
+            subject_prior(img, work=cfg.segment.work_resolution, cascades=("frontal",))
+
+    def encoder(members: list[str]):
+        def run() -> None:
+            for i in batch.kept():
+                for f in members:
+                    S.MEMBERS[f][1](batch[f][i], cfg.shard.jpeg_quality)
+        return run
+
+    n, kept = len(images), batch.num_kept
+    lean = S.output_fields(set(fields), write_artifacts=False)
+    ms = {"prior": measure(prior, warmup=bench.warmup, repeats=bench.repeats, sync=False)["median_ms"] / n}
+    for name, members in (("encode", fields), ("encode_lean", lean)):
+        ms[name] = measure(encoder(members), warmup=bench.warmup, repeats=bench.repeats, sync=False)["median_ms"] / kept
+    full, lean_ms = ms["prior"] + ms["encode"], ms["prior"] + ms["encode_lean"]
+    return {"name": "gpu-run-cpu", "resolution": images.shape[1], "batch": n,
+            "ms": round(full, 2), "prior_ms": round(ms["prior"], 2), "encode_ms": round(ms["encode"], 2),
+            "encode_lean_ms": round(ms["encode_lean"], 2), "images_per_s": round(1e3 / full, 2),
+            "ceiling_img_s_16_cores": round(16e3 / full, 1), "ceiling_lean_img_s_16_cores": round(16e3 / lean_ms, 1)}
 
 
 def _e2e_rows(images: np.ndarray, cfg: GenerateConfig, run: RunConfig, workers: int) -> list[dict[str, Any]]:

@@ -174,9 +174,17 @@ class SinkThread:
             raise self.error
 
     def close(self) -> None:
-        if self._t.is_alive():
-            self._q.put(_END)
-            self._t.join()
+        if not self._t.is_alive():
+            return
+        self._q.put(_END)
+        interrupted = False
+        while self._t.is_alive():  # a Ctrl-C here must not leave the thread writing while the caller aborts
+            try:
+                self._t.join()
+            except KeyboardInterrupt:
+                interrupted = True
+        if interrupted:
+            raise KeyboardInterrupt
 
 
 def run_stages(

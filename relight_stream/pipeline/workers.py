@@ -1,12 +1,17 @@
 """Worker processes for ``generate``: N local ranks instead of one process with threads (issue 5).
 
 The CPU stages (GrabCut, normals, Retinex, shading, PNG/JPEG encoding) are NumPy/OpenCV calls that release the
-GIL, but the Python between them does not: one process with threads keeps about 1.5 of 2 cores busy, two
-processes keep both (``bench generate``, ``e2e`` rows). ``generate --workers N`` therefore runs N spawned
-processes, each a rank of its own (:func:`relight_stream.log.rank_world`): with an outer launch of ``WORLD_SIZE``
+GIL, but the Python between them does not, so threads in one process stop scaling as cores are added.
+``generate --workers N`` runs N spawned processes, each a rank of its own (:func:`relight_stream.log.rank_world`): with an outer launch of ``WORLD_SIZE``
 W and ``RANK`` r, worker i is rank ``r*N + i`` of ``W*N``. Work unit k goes to rank ``k mod world`` as always,
 so the shards are byte-identical to a one-process run, resume works with any other worker count, and each
 worker's decode, compute and encode overlap the others'.
+
+Auto (``--workers 0``) gives one worker per two cores: each keeps two threads, for its sink thread and its
+per-sample pool. On the 2-core VM that is one process, and rightly so: with the sink thread overlapping encode
+and compute, one process ran 128 photos at 1024² in 14.7 s (median of 3, start-up included) and two workers in
+13.9 s; ``bench generate`` (96 photos) even had one process ahead (5.91 against 5.22 img/s), within that
+machine's run-to-run noise. More cores are where processes pay: that has not been measured here.
 
 The parent process plans nothing itself beyond the checks of ``run_generate``: it moves the old outputs aside
 (``--new-run``), spawns the workers, forwards SIGINT/SIGTERM to them once (they run in their own process group,
@@ -31,7 +36,7 @@ log = logging.getLogger(__name__)
 
 MIN_INPUTS_PER_WORKER = 48
 """``--workers 0`` (auto) starts another process only for this many inputs to do per process: a worker costs
-about a second to start (imports), the time of ~10 triplets at 1024² on one core."""
+about a second to start (imports), the time of ~5 triplets at 1024² on two cores."""
 HOST_MB_PER_WORKER = 2048
 """Host memory one CPU worker may need at 1024² (``bench generate`` peak: ≈1.8 GB), for the auto count."""
 
@@ -54,8 +59,8 @@ def resolve_workers(asked: int, *, gpu: bool, inputs_todo: int, units_todo: int)
         units_todo: Those shards (a shard is never split between workers).
 
     Returns:
-        1 for an in-process run; auto gives one worker per usable core, no more than the host memory allows
-        (:data:`HOST_MB_PER_WORKER`) and no fewer than :data:`MIN_INPUTS_PER_WORKER` inputs each.
+        1 for an in-process run; auto gives one worker per two usable cores, no more than the host memory
+        allows (:data:`HOST_MB_PER_WORKER`) and no fewer than :data:`MIN_INPUTS_PER_WORKER` inputs each.
     """
     if asked < 0:
         raise ValueError(f"generate: workers must be >= 0 (0: auto), got {asked}")
@@ -65,7 +70,7 @@ def resolve_workers(asked: int, *, gpu: bool, inputs_todo: int, units_todo: int)
         return max(1, min(asked, units_todo))
     if gpu:
         return 1
-    n = min(cores_per_rank(), units_todo, max(1, inputs_todo // MIN_INPUTS_PER_WORKER), _memory_cap())
+    n = min(cores_per_rank() // 2, units_todo, max(1, inputs_todo // MIN_INPUTS_PER_WORKER), _memory_cap())
     return max(1, n)
 
 
@@ -176,10 +181,11 @@ def _worker_main(cfg: GenerateConfig, run: RunConfig, env: dict[str, str], stage
     set_progress_channel(lambda msg: channel.put((int(env["RANK"]), *msg)))
     threading.Thread(target=_watch_parent, args=(parent,), name="parent-watch", daemon=True).start()
     from relight_stream.pipeline.recipes import run_generate
+    from relight_stream.pipeline.runner import StageSetupError
 
     try:
         code = run_generate(cfg, run, stages=stages)
-    except ValueError as exc:  # a bad run: the same message the one-process CLI prints
+    except (ValueError, StageSetupError) as exc:  # a bad run: the message and exit code of the one-process CLI
         logging.getLogger("relight_stream").error("%s", exc)
         code = 2
     channel.close()

@@ -17,7 +17,7 @@ from relight_stream.config import DecodeConfig, GenerateConfig, RunConfig, Shard
 from relight_stream.pipeline import shard as S
 from relight_stream.pipeline.recipes import run_generate
 from relight_stream.pipeline.sources import make_plan
-from relight_stream.pipeline.workers import MIN_INPUTS_PER_WORKER, resolve_workers
+from relight_stream.pipeline.workers import MIN_INPUTS_PER_WORKER, _memory_cap, resolve_workers
 
 DEC = {"resolution": 32, "min_size": 16, "batch_size": 2, "backend": "pil", "num_workers": 1}
 ROOT = Path(__file__).resolve().parents[2]
@@ -159,8 +159,12 @@ def test_resolve_workers(asked, gpu, inputs, units, expect, monkeypatch):
 def test_resolve_workers_auto_uses_the_cores_and_refuses_a_negative_count(monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(4)), raising=False)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
-    assert resolve_workers(0, gpu=False, inputs_todo=10 * MIN_INPUTS_PER_WORKER, units_todo=100) == 4
-    assert resolve_workers(0, gpu=False, inputs_todo=2 * MIN_INPUTS_PER_WORKER, units_todo=100) == 2
+    assert resolve_workers(0, gpu=False, inputs_todo=10 * MIN_INPUTS_PER_WORKER, units_todo=100) == 2  # 4 cores
+    assert resolve_workers(0, gpu=False, inputs_todo=1 * MIN_INPUTS_PER_WORKER, units_todo=100) == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(32)), raising=False)
+    cap = _memory_cap()  # available host memory / HOST_MB_PER_WORKER
+    assert resolve_workers(0, gpu=False, inputs_todo=10 * MIN_INPUTS_PER_WORKER, units_todo=100) == min(10, cap)
+    assert resolve_workers(0, gpu=False, inputs_todo=100 * MIN_INPUTS_PER_WORKER, units_todo=100) == min(16, cap)
     with pytest.raises(ValueError, match="workers must be >= 0"):
         resolve_workers(-1, gpu=False, inputs_todo=10, units_todo=10)
     monkeypatch.setenv("RELIGHT_GENERATE_WORKER", "1")  # inside a worker: never nested
@@ -180,3 +184,11 @@ def test_a_worker_s_progress_reaches_the_channel(photos_dir):
     finally:
         set_progress_channel(None)
     assert got == [(2, None, None), (0, 1, 1)]
+
+
+def test_a_stage_that_cannot_load_in_the_workers_is_a_bad_run_exit_2(photos_dir, tmp_path, caplog):
+    from fixtures_stages import NoModel
+
+    out = tmp_path / "out"
+    assert run_generate(_cfg([photos_dir], out, workers=2), RunConfig(seed=0), stages=[NoModel()]) == 2
+    assert not list(out.glob("shard-*"))
