@@ -64,9 +64,13 @@ def _linear_to_u8_lut() -> np.ndarray:
 _TABLES = {"u8_to_linear": _u8_to_linear_lut, "linear_to_u8": _linear_to_u8_lut}
 
 
-@functools.cache
 def _lut(name: str, xp) -> Any:
-    """The named table on ``xp``'s device (built once per process and module)."""
+    """The named table on ``xp``'s current device (built once per process, module and GPU)."""
+    return _lut_on(name, xp, 0 if xp is np else xp.cuda.runtime.getDevice())
+
+
+@functools.cache
+def _lut_on(name: str, xp, device: int) -> Any:
     table = _TABLES[name]()
     return table if xp is np else xp.asarray(table)
 
@@ -110,6 +114,7 @@ def linear_to_srgb_u8(x: Any) -> Any:
         idx = _cv2.addWeighted(flat, float(_LUT16), flat, 0.0, 0.0, dtype=_cv2.CV_16U)
         return _linear_to_u8_lut()[idx].reshape(x.shape)
     t = x * np.float32(_LUT16)
+    t = xp.nan_to_num(t, copy=False, nan=float(_LUT16))  # NaN -> 255 as on the OpenCV path (a cast makes it 0)
     xp.clip(t, 0.0, float(_LUT16), out=t)
     t += np.float32(0.5)
     return xp.take(_lut("linear_to_u8", xp), t.astype(xp.int32))

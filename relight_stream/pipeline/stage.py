@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
@@ -105,6 +106,24 @@ def _pool() -> ThreadPoolExecutor:
         return _POOL[1]
 
 
+def _caller_device() -> Callable[[], Any] | None:
+    """A context factory that puts a pool thread on the calling thread's CUDA device, or None without CuPy.
+
+    The current CUDA device is per thread: ``rank_device`` sets it in the main thread only, so without this the
+    sample threads of rank r would put their CuPy arrays on GPU 0 beside rank r's batch on GPU r.
+    """
+    if "cupy" not in sys.modules:  # no kernel has run on a GPU in this process
+        return None
+    from relight_stream.kernels.xp import has_cupy
+
+    if not has_cupy():
+        return None
+    import cupy
+
+    dev = cupy.cuda.runtime.getDevice()
+    return lambda: cupy.cuda.Device(dev)
+
+
 def per_sample(stage: Stage, batch: SampleBatch, fn: Callable[[int], None], *, check: tuple[str, ...] = (),
                parallel: bool = False) -> None:
     """Run ``fn(i)`` for every kept sample; an exception drops that sample as ``<stage>:error``.
@@ -121,10 +140,15 @@ def per_sample(stage: Stage, batch: SampleBatch, fn: Callable[[int], None], *, c
     """
     idx = list(batch.kept())
     errors: dict[int, BaseException] = {}
+    on_device = _caller_device() if parallel else None
 
     def run(i: int) -> None:
         try:
-            fn(i)
+            if on_device is None:
+                fn(i)
+            else:
+                with on_device():
+                    fn(i)
         except Exception as exc:  # per-sample errors are recorded below, never raised out of the hot loop
             errors[i] = exc
 

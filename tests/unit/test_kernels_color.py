@@ -97,3 +97,10 @@ def test_fast_linear_to_srgb_u8_keeps_shape_for_any_layout_and_float64() -> None
     assert np.array_equal(color.linear_to_srgb_u8(x[:, ::2, ::-1]), ref[:, ::2, ::-1])  # non-contiguous view
     assert np.abs(ref.astype(int) - _exact_u8(x)).max() <= 1
     assert color.linear_to_srgb_u8(np.float32(0.5) * np.ones(0, np.float32)).shape == (0,)
+
+
+def test_linear_to_srgb_u8_maps_nan_and_inf_alike_on_both_paths():
+    x = np.array([np.nan, np.inf, -np.inf, 0.5, 2.0, -1.0], np.float32)
+    fast = color.linear_to_srgb_u8(x)  # OpenCV path (NumPy float32)
+    generic = color.linear_to_srgb_u8(x.astype(np.float16))  # the xp path CuPy takes
+    assert fast.tolist() == generic.tolist() == [255, 255, 0, 188, 255, 0]
