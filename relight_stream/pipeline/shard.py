@@ -71,10 +71,31 @@ PNG_STRATEGY = "rle"
 PNG_FILTER = "paeth"
 
 
-def _u8(a: Any) -> np.ndarray:
-    if a.dtype != np.uint8:  # quantised on the array's device, like _linear_to_srgb_u8
-        xp = get_xp(a)
-        a = xp.clip(xp.rint(a.astype(xp.float32) * 255.0), 0, 255).astype(xp.uint8)
+def quantise_u8(a: Any) -> Any:
+    """Float 0–1 -> uint8, on the array's device; uint8 passes through."""
+    if a.dtype == np.uint8:
+        return a
+    xp = get_xp(a)
+    return xp.clip(xp.rint(a.astype(xp.float32) * 255.0), 0, 255).astype(xp.uint8)
+
+
+def linear_to_srgb8(a: Any) -> Any:
+    """Linear float -> sRGB uint8, on the array's device; uint8 is taken as already sRGB (see :func:`host_field`)."""
+    if a.dtype == np.uint8:
+        return a
+    from relight_stream.kernels.color import linear_to_srgb_u8
+
+    return linear_to_srgb_u8(get_xp(a).clip(a, 0.0, 1.0))
+
+
+def normals_u8(a: Any) -> Any:
+    """Unit normals -> (n+1)/2·255 uint8, on the array's device; uint8 is taken as already encoded."""
+    from relight_stream.kernels.normals import normals_to_u8
+
+    return a if a.dtype == np.uint8 else normals_to_u8(a)
+
+
+def _host_u8(a: Any) -> np.ndarray:
     return np.ascontiguousarray(asnumpy(a))
 
 
@@ -99,19 +120,12 @@ def _png(a: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
-def _linear_to_srgb_u8(a: Any) -> np.ndarray:
-    # On the array's device: a CuPy row reaches the host as uint8 (a quarter of the bytes; the curve runs on the GPU)
-    from relight_stream.kernels.color import linear_to_srgb_u8
-
-    return np.ascontiguousarray(asnumpy(linear_to_srgb_u8(get_xp(a).clip(a, 0.0, 1.0))))
-
-
 def enc_srgb_jpg(a: Any, q: int) -> bytes:
-    return _jpeg(_u8(a), q)
+    return _jpeg(_host_u8(quantise_u8(a)), q)
 
 
 def enc_linear_jpg(a: Any, q: int) -> bytes:
-    return _jpeg(_linear_to_srgb_u8(a), q)
+    return _jpeg(_host_u8(linear_to_srgb8(a)), q)
 
 
 def enc_text(s: Any, q: int) -> bytes:
@@ -119,13 +133,11 @@ def enc_text(s: Any, q: int) -> bytes:
 
 
 def enc_mask_png(a: Any, q: int) -> bytes:
-    return _png(_u8(a))
+    return _png(_host_u8(quantise_u8(a)))
 
 
 def enc_normals_png(a: Any, q: int) -> bytes:
-    xp = get_xp(a)
-    n = a.astype(xp.float32)
-    return _png(asnumpy(xp.clip(xp.rint((n + 1.0) * 0.5 * 255.0), 0, 255).astype(xp.uint8)))
+    return _png(_host_u8(normals_u8(a)))
 
 
 def enc_depth_npy(a: Any, q: int) -> bytes:
@@ -149,6 +161,23 @@ MEMBERS: dict[str, tuple[str, Callable[[Any, int], bytes]]] = {
     "input_l12_BHW3": ("input_l12.jpg", enc_srgb_jpg),
     "alpha_BHW": ("alpha.png", enc_mask_png),
 }
+#: The 8-bit form of each 8-bit member, computed where the array lives (:func:`host_field`).
+_TO_U8: dict[Callable[[Any, int], bytes], Callable[[Any], Any]] = {
+    enc_srgb_jpg: quantise_u8, enc_mask_png: quantise_u8, enc_linear_jpg: linear_to_srgb8, enc_normals_png: normals_u8}
+
+
+def host_field(field: str, a: Any) -> Any:
+    """A whole batch field on the host, for its member's encoder. A GPU (CuPy) float field is first brought to
+    its 8-bit member form on the device — a quarter of the bytes over PCIe, and the sRGB curve on the GPU — and
+    the encoders take a uint8 row as already in that form. NumPy and lists pass through unchanged."""
+    if isinstance(a, (list, np.ndarray)):
+        return a
+    to_u8 = _TO_U8.get(MEMBERS[field][1])
+    if to_u8 is not None and get_xp(a) is not np:
+        a = to_u8(a)
+    return asnumpy(a)
+
+
 #: Intermediate artefacts, left out when ``ShardConfig.write_artifacts`` is off.
 ARTIFACTS = frozenset({"mask_BHW", "albedo_BHW3", "normals_BHW3", "depth_BHW", "shading_BHW3"})
 
@@ -240,7 +269,7 @@ class ShardWriter:
 
         kept = [i for i in range(len(batch)) if batch.keep_B[i]]
         # a batch whose samples were all dropped skipped the stages: its fields may not exist
-        host = {f: batch[f] if isinstance(batch[f], list) else asnumpy(batch[f]) for f in self.fields} if kept else {}
+        host = {f: host_field(f, batch[f]) for f in self.fields} if kept else {}
 
         def encode(i: int) -> dict[str, bytes]:
             members = {MEMBERS[f][0]: MEMBERS[f][1](host[f][i], self.quality) for f in self.fields}

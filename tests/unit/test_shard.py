@@ -189,3 +189,18 @@ def test_c10_stale_temp_files_of_own_shards_are_removed_live_ones_kept(tmp_path)
     removed = S.clean_stale_temps(str(tmp_path), {"shard-000000"})
     assert sorted(removed) == sorted([names[0], names[1], names[4]])
     assert sorted(os.listdir(tmp_path)) == sorted([names[2], names[3], names[5], "keep.txt"])
+
+
+def test_an_8bit_row_is_taken_as_already_in_its_member_form():
+    # host_field brings a GPU field to uint8 on the device; the encoders must then give the same bytes
+    rng = np.random.default_rng(0)
+    lin = rng.random((24, 24, 3), dtype=np.float32)
+    n = rng.normal(size=(24, 24, 3)).astype(np.float32)
+    n /= np.linalg.norm(n, axis=-1, keepdims=True)
+    assert S.enc_linear_jpg(lin, 90) == S.enc_linear_jpg(S.linear_to_srgb8(lin), 90)
+    assert S.enc_normals_png(n, 0) == S.enc_normals_png(S.normals_u8(n), 0)
+    assert S.enc_srgb_jpg(lin, 90) == S.enc_srgb_jpg(S.quantise_u8(lin), 90)
+    assert S.enc_mask_png(lin[..., 0], 0) == S.enc_mask_png(S.quantise_u8(lin[..., 0]), 0)
+    field = rng.random((2, 8, 8, 3), dtype=np.float32)
+    assert S.host_field("albedo_BHW3", field) is field  # NumPy passes through untouched
+    assert S.host_field("instruction_B", ["a", "b"]) == ["a", "b"]
