@@ -136,6 +136,8 @@ class RelightStage(Stage):
                 p2 = self.draw(key, ds, "relight_l2")
                 p12 = combine_lights(p1, p2)
                 i2, i12 = (render(p)[0] * np.float32(k) for p in (p2, p12))  # one exposure keeps i12 = i1 + i2
+                if not (bool(xp.isfinite(i2).all()) and bool(xp.isfinite(i12).all())):
+                    raise FloatingPointError("non-finite consistency input (L2 or L1+L2)")
                 out["input_l1_BHW3"][i] = encode_input(relit, mask[i])
                 out["input_l2_BHW3"][i] = encode_input(i2, mask[i])
                 out["input_l12_BHW3"][i] = encode_input(i12, mask[i])
