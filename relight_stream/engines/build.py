@@ -82,7 +82,10 @@ def parity(path: Path, module: Any, example_inputs: tuple[Any, ...], input_names
     import onnxruntime as ort
     import torch
 
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    opts = ort.SessionOptions()
+    if precision == "fp16":  # the CPU provider's full fusion set crashes (SIGSEGV) on fp16 attention graphs
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
     np_dtype = np.float16 if precision == "fp16" else np.float32
     used = {i.name for i in sess.get_inputs()}  # the exporter drops inputs the graph does not use
     feed = {
@@ -203,9 +206,12 @@ def _build_trt(spec: EngineSpec, built: BuiltModel, part: str, ref: WeightsRef, 
     key = trt_backend.plan_key(spec, built, part, weights=ref, precision=cfg.precision, batch=f"{lo}-{hi}",
                                device=device)
     fixed = {n: tuple(x.shape) for n, x in zip(built.io[part].inputs, built.example_inputs[part](1), strict=True)}
+    import torch
+
     t0 = time.perf_counter()
-    plan = trt_backend.build_plan(onnx_path, key.path(root), precision=cfg.precision, min_batch=lo,
-                                  opt_batch=min(max(cfg.batch_size, lo), hi), max_batch=hi, fixed_shapes=fixed)
+    with torch.cuda.device(device):  # TensorRT builds for the current device: the one the key names
+        plan = trt_backend.build_plan(onnx_path, key.path(root), precision=cfg.precision, min_batch=lo,
+                                      opt_batch=min(max(cfg.batch_size, lo), hi), max_batch=hi, fixed_shapes=fixed)
     seconds = round(time.perf_counter() - t0, 3)
     _sidecar(plan, key, {"onnx": str(onnx_path), "build_s": seconds, "gpu": _gpu_name(device)})
     return {"part": part, "format": "tensorrt", "precision": cfg.precision, "seconds": seconds, "path": str(plan)}

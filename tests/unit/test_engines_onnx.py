@@ -101,3 +101,12 @@ def test_onnxruntime_precision_limits() -> None:
         create_engine("depth", "tiny", backend="onnxruntime", device="cpu", precision="bf16")
     with pytest.raises(ValueError, match="CUDA only"):
         create_engine("depth", "tiny", backend="onnxruntime", device="cpu", precision="fp16")
+
+
+@pytest.mark.parametrize("kind", ["clip", "segmenter", "vae"])
+def test_build_engines_fp16_checks_every_kind_in_onnxruntime(kind, tmp_path, capsys) -> None:
+    # CLIP's fp16 graphs crashed onnxruntime's CPU provider (SIGSEGV) under its full fusion set
+    cfg = BuildEnginesConfig(kind=kind, flavor="tiny", out=str(tmp_path), precision="fp16")
+    assert run_build_engines(cfg, RunConfig()) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["parts"] and all(p["parity"] == "ok" and p["max_rel"] < 2e-2 for p in result["parts"])

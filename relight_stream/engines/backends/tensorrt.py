@@ -101,8 +101,9 @@ def build_plan(onnx_path: Path, plan_path: Path, *, precision: str, min_batch: i
 
 
 class TrtRunner:
-    """Runs one plan; inputs are moved to the GPU and cast to the plan's input dtypes; batches above the
-    profile's maximum are split."""
+    """Runs one plan on its device; inputs are moved to the GPU and cast to the plan's input dtypes; batches
+    above the profile's maximum are split, batches below its minimum padded; other shapes outside the profile
+    raise ``ValueError``."""
 
     name = "tensorrt"
 
@@ -113,10 +114,12 @@ class TrtRunner:
         self.device = device
         self._trt = trt
         self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        self.engine = self.runtime.deserialize_cuda_engine(Path(plan_path).read_bytes())
+        with torch.cuda.device(device):  # TensorRT works on the current device: make it this engine's one
+            self.engine = self.runtime.deserialize_cuda_engine(Path(plan_path).read_bytes())
         if self.engine is None:
             raise ValueError(f"TensorRT could not deserialise {plan_path}; rebuild it with build-engines")
-        self.context = self.engine.create_execution_context()
+        with torch.cuda.device(device):
+            self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         engine_inputs = {n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT}
         if engine_inputs != set(io.inputs) or set(names) - engine_inputs != set(io.outputs):
@@ -127,7 +130,9 @@ class TrtRunner:
         if hasattr(trt, "bfloat16"):
             dt[trt.bfloat16] = torch.bfloat16
         self.dtypes = {n: dt[self.engine.get_tensor_dtype(n)] for n in names}
-        self.max_batch = int(self.engine.get_tensor_profile_shape(self.inputs[0], 0)[2][0])
+        lo, _, hi = self.engine.get_tensor_profile_shape(self.inputs[0], 0)
+        self.min_batch, self.max_batch = int(lo[0]), int(hi[0])
+        self.plan_path = plan_path
 
     def available(self) -> tuple[bool, str]:
         return available(self.device)
@@ -137,7 +142,10 @@ class TrtRunner:
 
         stream = torch.cuda.current_stream(self.device)
         for name, x in zip(self.inputs, inputs, strict=True):
-            self.context.set_input_shape(name, tuple(x.shape))
+            if not self.context.set_input_shape(name, tuple(x.shape)):  # outside the optimisation profile
+                lo, _, hi = self.engine.get_tensor_profile_shape(name, 0)
+                raise ValueError(f"input {name} of shape {tuple(x.shape)} is outside the profile of {self.plan_path} "
+                                 f"({tuple(lo)} .. {tuple(hi)}); rebuild it with build-engines for this shape")
             self.context.set_tensor_address(name, x.data_ptr())
         outs = []
         for name in self.outputs:
@@ -145,9 +153,21 @@ class TrtRunner:
             out = torch.empty(shape, dtype=self.dtypes[name], device=self.device)
             self.context.set_tensor_address(name, out.data_ptr())
             outs.append(out)
-        if not self.context.execute_async_v3(stream.cuda_stream):
-            raise RuntimeError("TensorRT execute_async_v3 failed")
+        with torch.cuda.device(self.device):
+            if not self.context.execute_async_v3(stream.cuda_stream):
+                raise RuntimeError("TensorRT execute_async_v3 failed")
         return tuple(o.float() for o in outs)
+
+    def _run_padded(self, xs: list[Any]) -> tuple[Any, ...]:
+        """A batch below the profile's minimum (a fixed-batch plan, the last chunk of a split) is padded with
+        copies of its last sample, and the outputs cut back."""
+        import torch
+
+        b = xs[0].shape[0]
+        if b >= self.min_batch:
+            return self._run(xs)
+        pad = [torch.cat([x, x[-1:].expand(self.min_batch - b, *x.shape[1:])]).contiguous() for x in xs]
+        return tuple(o[:b] for o in self._run(pad))
 
     def __call__(self, *inputs: Any) -> tuple[Any, ...]:
         import torch
@@ -155,8 +175,8 @@ class TrtRunner:
         xs = [x.to(self.device, self.dtypes[n]).contiguous() for n, x in zip(self.inputs, inputs, strict=True)]
         b = xs[0].shape[0]
         if b <= self.max_batch:
-            return self._run(xs)
-        chunks = [self._run([x[i : i + self.max_batch] for x in xs]) for i in range(0, b, self.max_batch)]
+            return self._run_padded(xs)
+        chunks = [self._run_padded([x[i : i + self.max_batch] for x in xs]) for i in range(0, b, self.max_batch)]
         return tuple(torch.cat(parts) for parts in zip(*chunks, strict=True))
 
 
