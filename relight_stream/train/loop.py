@@ -225,6 +225,8 @@ def _train(cfg: TrainConfig, run: RunConfig, accelerator: Any, *, shards: list[s
             nonfinite, stop_now = (accelerator.reduce(flags, "max") if world > 1 else flags).tolist()
             step += 1
             if nonfinite:
+                if accelerator.scaler is not None:  # fp16: clip_grad_norm_ unscaled; without update() the next
+                    accelerator.scaler.update()     # step's unscale_ raises (and the scale never backs off)
                 s.optimizer.zero_grad(set_to_none=True)
                 streak += 1
                 counters["nonfinite_total"] += 1
