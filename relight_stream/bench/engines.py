@@ -22,21 +22,28 @@ log = logging.getLogger(__name__)
 
 TINY = [("clip", "tiny"), ("segmenter", "tiny"), ("depth", "tiny"), ("vae", "tiny")]
 FULL = [("clip", "vit-l-14"), ("segmenter", "hiera-s"), ("depth", "depth-anything-v2-s"), ("vae", "sd15")]
-PEAK_TFLOPS = {  # dense tensor-core peak (bf16/fp16, fp32 via TF32) by GPU name fragment, vendor datasheets
-    "H200": {"bf16": 989.0, "fp16": 989.0, "fp32": 494.0},
-    "H100": {"bf16": 989.0, "fp16": 989.0, "fp32": 494.0},
-    "A100": {"bf16": 312.0, "fp16": 312.0, "fp32": 156.0},
-    "L40S": {"bf16": 362.0, "fp16": 362.0, "fp32": 183.0},
-    "4090": {"bf16": 165.0, "fp16": 165.0, "fp32": 82.6},
+PEAK_TFLOPS = {  # dense peak by GPU name fragment, vendor datasheets (SXM): bf16/fp16 and TF32 on tensor cores,
+    # fp32 on the CUDA cores (what fp32 matmuls use while torch's allow_tf32 is off, its default)
+    "H200": {"bf16": 989.0, "fp16": 989.0, "tf32": 494.0, "fp32": 67.0},
+    "H100": {"bf16": 989.0, "fp16": 989.0, "tf32": 494.0, "fp32": 67.0},
+    "A100": {"bf16": 312.0, "fp16": 312.0, "tf32": 156.0, "fp32": 19.5},
+    "L40S": {"bf16": 362.0, "fp16": 362.0, "tf32": 183.0, "fp32": 91.6},
+    "4090": {"bf16": 165.0, "fp16": 165.0, "tf32": 82.6, "fp32": 82.6},
 }
 
 
-def peak_tflops(device: Any, precision: str) -> float | None:
-    """Dense peak TFLOP/s of ``device`` at ``precision`` if the GPU is in ``PEAK_TFLOPS``, else ``None``."""
+def peak_tflops(device: Any, precision: str, *, tf32: bool | None = None) -> float | None:
+    """Dense peak TFLOP/s of ``device`` at ``precision`` if the GPU is in ``PEAK_TFLOPS``, else ``None``.
+
+    fp32 counts the TF32 tensor-core peak when ``tf32`` (default: torch's ``allow_tf32`` for matmuls; TensorRT
+    builds use TF32 unless told not to), else the CUDA-core fp32 peak.
+    """
     import torch
 
     if getattr(device, "type", "cpu") != "cuda":
         return None
+    if precision == "fp32" and (torch.backends.cuda.matmul.allow_tf32 if tf32 is None else tf32):
+        precision = "tf32"
     name = torch.cuda.get_device_name(device)
     for frag, peaks in PEAK_TFLOPS.items():
         if frag in name:
@@ -148,9 +155,11 @@ def _row(name: str, flavor: str, backend: str, cfg: Any, batch: int, fn: Callabl
     row.update(ms=t["median_ms"], images_per_s=ips)
     if gflop is not None:
         row["gflop_per_image"] = gflop
-        peak = peak_tflops(device, cfg.precision)
+        tf32 = True if backend == "tensorrt" else None
+        peak = peak_tflops(device, cfg.precision, tf32=tf32)
         if peak:
             row["util_pct"] = 100 * gflop * ips / (peak * 1e3)
+            row["peak_tflops"] = peak
     return row
 
 

@@ -116,6 +116,8 @@ def _row(name: str, step: Callable[[], None], *, bsz: int, res: int, device: Any
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     step()  # first call: compile / allocator warm-up, timed separately
+    if cuda:
+        torch.cuda.synchronize()
     first_s = time.perf_counter() - t0
     t = measure(step, warmup=warmup, repeats=repeats)
     mem = torch.cuda.max_memory_allocated() / 2**20 if cuda else peak_host_mb()

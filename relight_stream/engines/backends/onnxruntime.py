@@ -56,6 +56,9 @@ class OrtRunner:
 
             opts.intra_op_num_threads = torch.get_num_threads()
         self.session = ort.InferenceSession(path, sess_options=opts, providers=providers)
+        if _is_cuda(device) and self.session.get_providers()[0] != "CUDAExecutionProvider":
+            log.warning("onnxruntime could not load its CUDA provider for %s (missing CUDA/cuDNN libraries?); "
+                        "running on the CPU: %s", path, self.session.get_providers())
         self.names = tuple(input_names)  # positional order of __call__; the exporter may drop unused inputs
         self.graph_inputs = {i.name for i in self.session.get_inputs()}
         self.float_dtype = np.float16 if precision == "fp16" else np.float32
