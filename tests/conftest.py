@@ -45,3 +45,13 @@ def photos() -> dict[str, np.ndarray]:
         img = getattr(data, name)()
         out[name] = img[..., :3] if img.ndim == 3 else np.repeat(img[..., None], 3, axis=2)
     return out
+
+
+@pytest.fixture
+def needs_cupy() -> None:
+    """Skip (with the reason) where CuPy cannot run: it is the optional ``[gpu]`` extra, even on a CUDA machine."""
+    from relight_stream.kernels.xp import cupy_status
+
+    ok, why = cupy_status()
+    if not ok:
+        pytest.skip(f"needs CuPy on a GPU: {why}")

@@ -184,7 +184,9 @@ def _to_torch(x: Any, device: Any):
 
     if type(x).__module__.startswith("cupy"):
         x = torch.from_dlpack(x)
-    t = torch.as_tensor(x).to(device, non_blocking=True)
+    t = torch.as_tensor(x)
+    # non_blocking only host -> GPU: a GPU -> host copy would return before the data is there
+    t = t.to(device, non_blocking=torch.device(device).type == "cuda")
     return t.permute(0, 3, 1, 2).float().div_(255.0)
 
 

@@ -9,7 +9,7 @@ from relight_stream.kernels import color, lights, normals, render, retinex, shad
 from relight_stream.kernels.pattern_sampling import sample_pattern
 from relight_stream.kernels.patterns import PATTERNS, pattern_transmission
 
-pytestmark = pytest.mark.gpu
+pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("needs_cupy")]
 
 
 def close(a, b, atol: float) -> None:

@@ -34,7 +34,7 @@ def test_unknown_array_backend():
 
 
 @pytest.mark.gpu
-def test_cupy_roundtrip():
+def test_cupy_roundtrip(needs_cupy):
     cp = resolve_xp("cupy")
     x = to_device(np.arange(4.0), cp)
     assert get_xp(x) is cp
