@@ -233,6 +233,8 @@ class StopFlag:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._old[sig] = signal.signal(sig, self._handle)
+            # a worker process blocks both until here (workers.py): a signal that came during start-up lands now
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGINT, signal.SIGTERM))
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:

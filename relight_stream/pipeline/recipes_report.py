@@ -27,15 +27,32 @@ def write_stats(out: str, stats: dict[str, Any]) -> None:
         S.atomic_write(os.path.join(out, "stats.json"), S.json_bytes(stats, indent=1) + b"\n")
         return
     S.atomic_write(os.path.join(out, f"stats-rank{rank:03d}.json"), S.json_bytes(stats, indent=1) + b"\n")
+    merge_rank_stats(out, world)
+
+
+def merge_rank_stats(out: str, world: int, *, since: float | None = None, exit_code: int | None = None) -> bool:
+    """Merge ``stats-rank000..`` into ``stats.json``; returns whether it was written.
+
+    Args:
+        out: The output folder.
+        world: Ranks of the run.
+        since: Only rank files written at or after this time (``time.time()``) count, and missing ranks are
+            listed in ``missing_ranks`` instead of preventing the merge (the parent of ``--workers``, after a worker
+            died before writing its stats). ``None``: merge only when every rank's file exists.
+        exit_code: Overrides the merged exit code (the parent's verdict).
+    """
     import json
 
-    parts = []
+    parts, missing = [], []
     for r in range(world):
         p = os.path.join(out, f"stats-rank{r:03d}.json")
-        if not os.path.isfile(p):
-            return
+        if not os.path.isfile(p) or (since is not None and os.path.getmtime(p) < since):
+            missing.append(r)
+            continue
         with open(p) as f:
             parts.append(json.load(f))
+    if not parts or (missing and since is None):
+        return False
     merged: dict[str, Any] = {"world": world, "ranks": parts, "drops": {}}
     for k in ("inputs", "ok", "skipped", "failed", "shards_written", "shards_failed"):
         merged[k] = sum(p.get(k, 0) for p in parts)
@@ -44,8 +61,11 @@ def write_stats(out: str, stats: dict[str, Any]) -> None:
             merged["drops"][reason] = merged["drops"].get(reason, 0) + n
     merged["wall_s"] = max(p.get("wall_s", 0.0) for p in parts)
     merged["samples_per_s"] = round(merged["ok"] / merged["wall_s"], 2) if merged["wall_s"] else 0.0
-    merged["exit_code"] = max(p.get("exit_code", 0) for p in parts)
+    merged["exit_code"] = max(p.get("exit_code", 0) for p in parts) if exit_code is None else exit_code
+    if missing:
+        merged["missing_ranks"] = missing
     S.atomic_write(os.path.join(out, "stats.json"), S.json_bytes(merged, indent=1) + b"\n")
+    return True
 
 
 def dry_run_report(cfg: GenerateConfig, plan: Plan, mine: list[WorkUnit], stages: list[Stage], fields: list[str],

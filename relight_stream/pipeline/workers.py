@@ -83,17 +83,23 @@ def _memory_cap() -> int:
 
 
 def uses_gpu(cfg: GenerateConfig, run: RunConfig) -> bool:
-    """Whether the run's stages would use a GPU (decides the auto worker count; imports torch only if needed)."""
+    """Whether the run's stages would use a GPU (decides the auto worker count).
+
+    A model backend (SAM2, depth) uses CUDA whenever the device allows it. The classical stages' kernels follow
+    the batch: they see CuPy arrays only when DALI decodes on the GPU and CuPy can run; otherwise the whole run
+    is CPU work, whatever GPU the machine has.
+    """
+    if run.device == "cpu":
+        return False
+    classical = cfg.segment.backend == "classical" and cfg.geometry.backend == "classical"
+    if classical:
+        from relight_stream.kernels.xp import has_cupy
+        from relight_stream.pipeline.decode_dali import dali_available
+
+        if cfg.decode.backend == "pil" or not dali_available()[0] or not has_cupy():
+            return False
     if run.device.startswith("cuda"):
         return True
-    if run.device != "auto":
-        return False
-    from relight_stream.kernels.xp import cupy_status
-
-    if cupy_status()[0]:
-        return True
-    if cfg.segment.backend == "classical" and cfg.geometry.backend == "classical":
-        return False
     import torch
 
     return bool(torch.cuda.is_available())
@@ -120,6 +126,7 @@ def run_workers(cfg: GenerateConfig, run: RunConfig, n: int, *, total: int | Non
     local = int(os.environ.get("LOCAL_RANK", 0))
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
     wcfg = dataclasses.replace(cfg, shard=dataclasses.replace(cfg.shard, new_run=False))
+    started = time.time()
     ctx = mp.get_context("spawn")
     channel = ctx.Queue()
     procs = []
@@ -165,7 +172,14 @@ def run_workers(cfg: GenerateConfig, run: RunConfig, n: int, *, total: int | Non
             log.error("worker %d exited with %d", i, code)
         codes.append(code)
     stops = [c for c in codes if c > 128]
-    return max(stops) if stops else max(codes)
+    code = max(stops) if stops else max(codes)
+    if world == 1 and any(c < 0 for c in (p.exitcode if p.exitcode is not None else -1 for p in procs)):
+        # a worker killed before it wrote its stats (a stop during its start-up, the OOM killer): the parent
+        # merges what the others wrote, so stats.json still ends the run
+        from relight_stream.pipeline.recipes_report import merge_rank_stats
+
+        merge_rank_stats(cfg.out, n, since=started, exit_code=code)
+    return code
 
 
 def _worker_main(cfg: GenerateConfig, run: RunConfig, env: dict[str, str], stages: Any, channel: Any,
@@ -173,6 +187,9 @@ def _worker_main(cfg: GenerateConfig, run: RunConfig, env: dict[str, str], stage
     """Body of one worker process: set the rank, log like a rank, run ``generate``, exit with its code."""
     import sys
 
+    # A stop forwarded while this process still imports and plans must not kill it before it can write its
+    # stats: SIGINT/SIGTERM stay pending until generate's stop handler is installed (StopFlag unblocks them).
+    signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGINT, signal.SIGTERM))
     os.environ.update(env)
     os.setpgrp()  # the terminal's Ctrl-C goes to the parent, which forwards it once
     from relight_stream.log import set_progress_channel, setup_logging

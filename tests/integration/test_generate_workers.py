@@ -128,7 +128,23 @@ def test_sigterm_to_the_parent_stops_every_worker_cleanly_and_exits_143(photos_d
         assert tar.with_suffix(".json").exists()
     rank1 = json.loads((out / "stats-rank001.json").read_text())
     assert rank1["interrupted_by"] == "SIGTERM" and rank1["exit_code"] == 143
-    assert json.loads((out / "stats.json").read_text())["exit_code"] == 143
+    stats = json.loads((out / "stats.json").read_text())  # merged by a worker, or by the parent when a worker
+    assert stats["exit_code"] == 143 and stats["world"] == 2  # was stopped before it could write its own
+    assert 1 not in stats.get("missing_ranks", [])
+
+
+def test_the_parent_merges_the_stats_of_the_workers_that_wrote_them(tmp_path):
+    from relight_stream.pipeline.recipes_report import merge_rank_stats
+
+    (tmp_path / "stats-rank000.json").write_text(json.dumps({"ok": 5, "inputs": 6, "wall_s": 2.0, "exit_code": 0}))
+    time.sleep(0.05)
+    since = time.time()
+    assert not merge_rank_stats(str(tmp_path), 2)  # a rank is missing: the ranks' own merge waits
+    assert not merge_rank_stats(str(tmp_path), 2, since=since)  # rank 0's file is from an earlier run
+    (tmp_path / "stats-rank001.json").write_text(json.dumps({"ok": 3, "inputs": 4, "wall_s": 1.0, "exit_code": 143}))
+    assert merge_rank_stats(str(tmp_path), 2, since=since, exit_code=143)
+    merged = json.loads((tmp_path / "stats.json").read_text())
+    assert (merged["ok"], merged["inputs"], merged["missing_ranks"], merged["exit_code"]) == (3, 4, [0], 143)
 
 
 def test_a_worker_stops_by_itself_when_its_parent_is_killed(photos_dir, tmp_path):
@@ -192,3 +208,22 @@ def test_a_stage_that_cannot_load_in_the_workers_is_a_bad_run_exit_2(photos_dir,
     out = tmp_path / "out"
     assert run_generate(_cfg([photos_dir], out, workers=2), RunConfig(seed=0), stages=[NoModel()]) == 2
     assert not list(out.glob("shard-*"))
+
+
+def test_a_gpu_machine_counts_as_gpu_only_for_what_would_run_there(monkeypatch):
+    import relight_stream.kernels.xp as X
+    import relight_stream.pipeline.decode_dali as D
+    from relight_stream.config import GeometryConfig
+    from relight_stream.pipeline.workers import uses_gpu
+
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    monkeypatch.setattr(D, "dali_available", lambda: (True, "ok"))
+    monkeypatch.setattr(X, "has_cupy", lambda: True)
+    classical = GenerateConfig()
+    assert uses_gpu(classical, RunConfig(device="auto"))  # DALI decodes on the GPU, the kernels follow
+    assert not uses_gpu(classical, RunConfig(device="cpu"))
+    assert not uses_gpu(GenerateConfig(decode=DecodeConfig(backend="pil")), RunConfig(device="auto"))
+    monkeypatch.setattr(X, "has_cupy", lambda: False)  # a CUDA decode without CuPy: kernels on the host
+    assert not uses_gpu(classical, RunConfig(device="cuda"))
+    neural = GenerateConfig(geometry=GeometryConfig(backend="depth-anything"))
+    assert uses_gpu(neural, RunConfig(device="auto"))  # the depth model runs on CUDA
