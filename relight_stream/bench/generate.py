@@ -21,9 +21,9 @@ Rows:
 
 Inputs are crops of scikit-image's real photos (people, animals, objects), so the segmenter's prior and GrabCut
 do their real work (:data:`PHOTOS`). ``--backend classical|neural|auto`` picks the segmenter and depth backends
-(:func:`resolve_models`). ``--tiny`` runs 64² and 96² with eight images (a smoke run for tests); the full run uses 96 images in
-shards of one batch, so the workers get shards to share. ``cpu_s_per_ok``
-(process CPU time, all threads, per written triplet) is reported beside wall-clock rates: on a shared machine it
+(:func:`resolve_models`). ``--tiny`` runs 64² and 96² with eight images (a smoke run for tests); the full run
+uses 96 images in shards of one batch, so the workers get shards to share. ``cpu_s_per_ok`` (process CPU time,
+all threads, workers included, per written triplet) is reported beside wall-clock rates: on a shared machine it
 is the steadier figure.
 """
 
@@ -126,12 +126,8 @@ def _stage_rows(images: np.ndarray, cfg: GenerateConfig, run: RunConfig, bench: 
                      "images_per_s": round(1e3 * n / t["median_ms"], 2), "kept": batch.num_kept})
     fields = S.output_fields(set(batch.arrays), write_artifacts=True)
 
-    def encode() -> None:
-        for i in batch.kept():
-            for f in fields:
-                S.MEMBERS[f][1](batch[f][i], cfg.shard.jpeg_quality)
-
-    t = measure(encode, warmup=bench.warmup, repeats=bench.repeats, sync=False)
+    t = measure(_encoder(batch, fields, cfg.shard.jpeg_quality), warmup=bench.warmup, repeats=bench.repeats,
+                sync=False)
     kept = batch.num_kept
     rows.append({"name": "encode", "resolution": side, "batch": kept, "ms": round(t["median_ms"], 2),
                  "images_per_s": round(1e3 * kept / t["median_ms"], 2) if kept else None})
@@ -140,6 +136,18 @@ def _stage_rows(images: np.ndarray, cfg: GenerateConfig, run: RunConfig, bench: 
     if kept:
         rows.append(_gpu_run_cpu_row(images, batch, fields, cfg, bench))
     return rows
+
+
+def _encoder(batch: SampleBatch, fields: list[str], quality: int) -> Any:
+    """A call that encodes ``fields`` of every kept sample, as the shard writer does (one thread)."""
+    from relight_stream.pipeline import shard as S
+
+    def run() -> None:
+        for i in batch.kept():
+            for f in fields:
+                S.MEMBERS[f][1](batch[f][i], quality)
+
+    return run
 
 
 def _gpu_run_cpu_row(images: np.ndarray, batch: SampleBatch, fields: list[str], cfg: GenerateConfig,
@@ -154,18 +162,12 @@ def _gpu_run_cpu_row(images: np.ndarray, batch: SampleBatch, fields: list[str], 
         for img in images:
             subject_prior(img, work=cfg.segment.work_resolution, cascades=("frontal",))
 
-    def encoder(members: list[str]):
-        def run() -> None:
-            for i in batch.kept():
-                for f in members:
-                    S.MEMBERS[f][1](batch[f][i], cfg.shard.jpeg_quality)
-        return run
-
     n, kept = len(images), batch.num_kept
     lean = S.output_fields(set(fields), write_artifacts=False)
     ms = {"prior": measure(prior, warmup=bench.warmup, repeats=bench.repeats, sync=False)["median_ms"] / n}
     for name, members in (("encode", fields), ("encode_lean", lean)):
-        ms[name] = measure(encoder(members), warmup=bench.warmup, repeats=bench.repeats, sync=False)["median_ms"] / kept
+        enc = _encoder(batch, members, cfg.shard.jpeg_quality)
+        ms[name] = measure(enc, warmup=bench.warmup, repeats=bench.repeats, sync=False)["median_ms"] / kept
     full, lean_ms = ms["prior"] + ms["encode"], ms["prior"] + ms["encode_lean"]
     return {"name": "gpu-run-cpu", "resolution": images.shape[1], "batch": n,
             "ms": round(full, 2), "prior_ms": round(ms["prior"], 2), "encode_ms": round(ms["encode"], 2),
