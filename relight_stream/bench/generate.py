@@ -153,10 +153,17 @@ def _encoder(batch: SampleBatch, fields: list[str], quality: int) -> Any:
 def _gpu_run_cpu_row(images: np.ndarray, batch: SampleBatch, fields: list[str], cfg: GenerateConfig,
                      bench: BenchConfig) -> dict[str, Any]:
     """CPU work per image that stays on the CPU when the models and kernels run on a GPU (one thread, in series):
-    the SAM2 prompt prior (frontal faces + saliency) and the shard encoders, with and without the artefacts. Its
-    ``ceiling_img_s_16_cores`` bounds what a 16-core GPU host can feed (the H100 target is 500 img/s)."""
+    the SAM2 prompt prior (frontal faces + saliency) and the shard encoders, with and without the artefacts. The
+    fields reach the encoders as a GPU run hands them over: already 8-bit (``shard.host_field`` converts them on
+    the device). Its ``ceiling_img_s_16_cores`` bounds what a 16-core GPU host can feed (the H100 target is 500
+    img/s)."""
     from relight_stream.pipeline import shard as S
     from relight_stream.pipeline.subject_prior import subject_prior
+
+    host = SampleBatch(keys=list(batch.keys))
+    host.keep_B = batch.keep_B.copy()
+    for f in fields:
+        host[f] = batch[f] if isinstance(batch[f], list) else S.member_u8(f, batch[f])
 
     def prior() -> None:
         for img in images:
@@ -166,7 +173,7 @@ def _gpu_run_cpu_row(images: np.ndarray, batch: SampleBatch, fields: list[str], 
     lean = S.output_fields(set(fields), write_artifacts=False)
     ms = {"prior": measure(prior, warmup=bench.warmup, repeats=bench.repeats, sync=False)["median_ms"] / n}
     for name, members in (("encode", fields), ("encode_lean", lean)):
-        enc = _encoder(batch, members, cfg.shard.jpeg_quality)
+        enc = _encoder(host, members, cfg.shard.jpeg_quality)
         ms[name] = measure(enc, warmup=bench.warmup, repeats=bench.repeats, sync=False)["median_ms"] / kept
     full, lean_ms = ms["prior"] + ms["encode"], ms["prior"] + ms["encode_lean"]
     return {"name": "gpu-run-cpu", "resolution": images.shape[1], "batch": n,

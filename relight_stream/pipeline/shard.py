@@ -166,16 +166,19 @@ _TO_U8: dict[Callable[[Any, int], bytes], Callable[[Any], Any]] = {
     enc_srgb_jpg: quantise_u8, enc_mask_png: quantise_u8, enc_linear_jpg: linear_to_srgb8, enc_normals_png: normals_u8}
 
 
+def member_u8(field: str, a: Any) -> Any:
+    """``field`` in its member's 8-bit form, where it lives (unchanged for a member that is not 8-bit)."""
+    to_u8 = _TO_U8.get(MEMBERS[field][1])
+    return a if to_u8 is None else to_u8(a)
+
+
 def host_field(field: str, a: Any) -> Any:
     """A whole batch field on the host, for its member's encoder. A GPU (CuPy) float field is first brought to
-    its 8-bit member form on the device — a quarter of the bytes over PCIe, and the sRGB curve on the GPU — and
-    the encoders take a uint8 row as already in that form. NumPy and lists pass through unchanged."""
+    its 8-bit member form on the device (:func:`member_u8`) — a quarter of the bytes over PCIe, and the sRGB curve
+    on the GPU — and the encoders take a uint8 row as already in that form. NumPy and lists pass through."""
     if isinstance(a, (list, np.ndarray)):
         return a
-    to_u8 = _TO_U8.get(MEMBERS[field][1])
-    if to_u8 is not None and get_xp(a) is not np:
-        a = to_u8(a)
-    return asnumpy(a)
+    return asnumpy(member_u8(field, a) if get_xp(a) is not np else a)
 
 
 #: Intermediate artefacts, left out when ``ShardConfig.write_artifacts`` is off.

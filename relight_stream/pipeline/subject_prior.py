@@ -151,7 +151,7 @@ def border_contrast(lab_hw3: np.ndarray) -> np.ndarray:
     """
     h, w = lab_hw3.shape[:2]
     b = max(2, h // 24)
-    px = lab_hw3.reshape(-1, 3).astype(np.float32)
+    chans = [c.astype(np.float32) for c in cv2.split(lab_hw3)]  # per-channel planes: no (N, k, 3) temporaries
     crit = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 6, 1.0)
     cv2.setRNGSeed(0)  # k-means++ draws from this thread's RNG: reset it so the prior is reproducible
     dists = []
@@ -160,10 +160,17 @@ def border_contrast(lab_hw3: np.ndarray) -> np.ndarray:
         _, labels, centres = cv2.kmeans(samples, 2, None, crit, 1, cv2.KMEANS_PP_CENTERS)
         share = np.bincount(labels.ravel(), minlength=2) / max(1, labels.size)
         centres = centres[share >= MIN_BORDER_SHARE]  # a subject crossing the edge is a minority of that side
-        d = ((px[:, None, :] - centres[None, :, :]) ** 2).sum(-1).min(axis=1)
+        d = None
+        for c in centres:
+            dc = (chans[0] - c[0]) ** 2 + (chans[1] - c[1]) ** 2 + (chans[2] - c[2]) ** 2
+            d = dc if d is None else np.minimum(d, dc)
         dists.append(np.sqrt(d))
-    stacked = np.sort(np.stack(dists), axis=0)
-    dist = (0.5 * (stacked[1] + stacked[2])).reshape(h, w)
+    # the two middle ones of the four side distances, without a sort: the larger of the pair minima and the
+    # smaller of the pair maxima (the extremes are the smaller minimum and the larger maximum)
+    (d0, d1), (d2, d3) = dists[:2], dists[2:]
+    mid_a = np.maximum(np.minimum(d0, d1), np.minimum(d2, d3))
+    mid_b = np.minimum(np.maximum(d0, d1), np.maximum(d2, d3))
+    dist = 0.5 * (mid_a + mid_b)
     return _normalise(cv2.GaussianBlur(dist, (0, 0), max(1.0, h / 64)))
 
 
