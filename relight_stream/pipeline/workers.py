@@ -10,7 +10,7 @@ worker's decode, compute and encode overlap the others'.
 Auto (``--workers 0``) gives one worker per two cores: each keeps two threads, for its sink thread and its
 per-sample pool. On the 2-core VM that is one process, and rightly so: with the sink thread overlapping encode
 and compute, one process ran 128 photos at 1024² in 14.7 s (median of 3, start-up included) and two workers in
-13.9 s; ``bench generate`` (96 photos) even had one process ahead (5.91 against 5.22 img/s), within that
+13.9 s; ``bench generate`` (96 photos) even had one process ahead (6.74 against 5.10 img/s), within that
 machine's run-to-run noise. More cores are where processes pay: that has not been measured here.
 
 The parent process plans nothing itself beyond the checks of ``run_generate``: it moves the old outputs aside
