@@ -10,8 +10,8 @@ worker's decode, compute and encode overlap the others'.
 Auto (``--workers 0``) gives one worker per two cores: each keeps two threads, for its sink thread and its
 per-sample pool. On the 2-core VM that is one process, and rightly so: with the sink thread overlapping encode
 and compute, one process ran 128 photos at 1024² in 14.7 s (median of 3, start-up included) and two workers in
-13.9 s; ``bench generate`` (96 photos) even had one process ahead (6.74 against 5.10 img/s), within that
-machine's run-to-run noise. More cores are where processes pay: that has not been measured here.
+13.9 s, and in both ``bench generate`` runs since (96 photos, 1024²) one process was ahead: 5.91 against 5.22
+and 6.74 against 5.10 img/s. More cores are where processes should pay: that has not been measured here.
 
 The parent process plans nothing itself beyond the checks of ``run_generate``: it moves the old outputs aside
 (``--new-run``), spawns the workers, forwards SIGINT/SIGTERM to them once (they run in their own process group,
