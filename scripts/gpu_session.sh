@@ -28,6 +28,7 @@ for step in "${steps[@]}"; do
   case "$step" in
     tests)    "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/unit/test_kernels_gpu.py tests/unit/test_xp.py \
                 tests/unit/test_engines_compile.py tests/unit/test_filter_photometric.py tests/unit/test_train_bench.py \
+                tests/unit/test_decode_dali.py tests/integration/test_train_e2e.py \
                 2>&1 | tail -15 | tee "$OUT/gpu-tests-$gpu.txt" ;;
     kernels)  rs bench kernels ${TINY:+--tiny} --out "$OUT/kernels-full-cupy-$gpu.json" ;;
     engines)  rs bench engines ${TINY:+--tiny} --compare eager,compile --precision bf16 --batch-sizes "${BATCHES:-1,8,32}" \
