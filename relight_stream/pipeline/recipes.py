@@ -115,7 +115,7 @@ def _maybe_workers(cfg: GenerateConfig, run: RunConfig, plan: Plan, mine: list[W
 
     Stale outputs fail here, before any worker starts; ``--new-run`` moves the old outputs aside here once.
     """
-    rank, _ = rank_world()
+    rank, world = rank_world()
     if cfg.shard.new_run:
         todo = mine
     elif cfg.shard.overwrite:  # stale shards are replaced by the workers; count what is left without deleting
@@ -124,7 +124,8 @@ def _maybe_workers(cfg: GenerateConfig, run: RunConfig, plan: Plan, mine: list[W
         todo, _ = S.classify_shards(cfg.out, mine, {u.name for u in plan.units}, chash=chash, overwrite=False,
                                     delete_extra=False)
     gpu = cfg.workers == 0 and uses_gpu(cfg, run)
-    n = resolve_workers(cfg.workers, gpu=gpu, inputs_todo=sum(len(u.items) for u in todo), units_todo=len(todo))
+    n = resolve_workers(cfg.workers, gpu=gpu, inputs_todo=sum(len(u.items) for u in todo), units_todo=len(todo),
+                        world=world)
     if n <= 1:
         return None
     if cfg.shard.new_run:

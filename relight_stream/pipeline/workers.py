@@ -48,7 +48,7 @@ def in_worker() -> bool:
     return os.environ.get(_WORKER_ENV) == "1"
 
 
-def resolve_workers(asked: int, *, gpu: bool, inputs_todo: int, units_todo: int) -> int:
+def resolve_workers(asked: int, *, gpu: bool, inputs_todo: int, units_todo: int, world: int = 1) -> int:
     """The number of worker processes for a run.
 
     Args:
@@ -57,6 +57,8 @@ def resolve_workers(asked: int, *, gpu: bool, inputs_todo: int, units_todo: int)
             ``torchrun``/``accelerate launch`` instead).
         inputs_todo: Inputs in the shards this process still has to write.
         units_todo: Those shards (a shard is never split between workers).
+        world: Ranks of an outer launch (``torchrun``). Every rank must then start the same number of workers, or
+            the ranks r*N+i of W*N would not tile the plan: auto is 1 and an explicit N is taken as is.
 
     Returns:
         1 for an in-process run; auto gives one worker per two usable cores, no more than the host memory
@@ -64,7 +66,11 @@ def resolve_workers(asked: int, *, gpu: bool, inputs_todo: int, units_todo: int)
     """
     if asked < 0:
         raise ValueError(f"generate: workers must be >= 0 (0: auto), got {asked}")
-    if in_worker() or units_todo <= 1:
+    if in_worker():
+        return 1
+    if world > 1:  # no per-rank caps: they could differ between ranks
+        return asked if asked > 0 else 1
+    if units_todo <= 1:
         return 1
     if asked > 0:
         return max(1, min(asked, units_todo))

@@ -227,3 +227,21 @@ def test_a_gpu_machine_counts_as_gpu_only_for_what_would_run_there(monkeypatch):
     assert not uses_gpu(classical, RunConfig(device="cuda"))
     neural = GenerateConfig(geometry=GeometryConfig(backend="depth-anything"))
     assert uses_gpu(neural, RunConfig(device="auto"))  # the depth model runs on CUDA
+
+
+def test_under_an_outer_launch_every_rank_starts_the_same_number_of_workers():
+    # ranks r*N+i of W*N tile the plan only if N is the same on every rank: no per-rank caps, auto is 1
+    assert resolve_workers(0, gpu=False, inputs_todo=10_000, units_todo=100, world=2) == 1
+    assert resolve_workers(4, gpu=False, inputs_todo=10, units_todo=1, world=2) == 4
+    assert resolve_workers(4, gpu=False, inputs_todo=10, units_todo=1, world=1) == 1
+
+
+def test_workers_under_two_outer_ranks_write_the_one_process_bytes(photos_dir, tmp_path, monkeypatch):
+    ref, out = tmp_path / "ref", tmp_path / "out"
+    assert run_generate(_cfg([photos_dir], ref, workers=1), RunConfig(seed=0), stages=[]) == 0
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for r in (1, 0):  # two "nodes", each with 2 workers: ranks 2, 3 then 0, 1 of 4
+        monkeypatch.setenv("RANK", str(r))
+        assert run_generate(_cfg([photos_dir], out, workers=2), RunConfig(seed=0), stages=[]) == 0
+    assert shard_outputs(out) == shard_outputs(ref)
+    assert json.loads((out / "stats.json").read_text())["world"] == 4
