@@ -33,7 +33,7 @@ from relight_stream.pipeline.recipes_report import dry_run_report, write_stats
 from relight_stream.pipeline.runner import StageSetupError, run_stages
 from relight_stream.pipeline.sources import Plan, WorkUnit, make_plan
 from relight_stream.pipeline.stage import Stage, check_pipeline, describe_pipeline
-from relight_stream.pipeline.workers import in_worker, resolve_workers, run_workers, uses_gpu
+from relight_stream.pipeline.workers import in_worker, resolve_workers, run_workers, uses_gpu, worker_memory_mb
 from relight_stream.sample import SampleBatch
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,7 @@ def _maybe_workers(cfg: GenerateConfig, run: RunConfig, plan: Plan, mine: list[W
                                     delete_extra=False)
     gpu = cfg.workers == 0 and uses_gpu(cfg, run)
     n = resolve_workers(cfg.workers, gpu=gpu, inputs_todo=sum(len(u.items) for u in todo), units_todo=len(todo),
-                        world=world)
+                        world=world, mb_per_worker=worker_memory_mb(cfg))
     if n <= 1:
         return None
     if cfg.shard.new_run:

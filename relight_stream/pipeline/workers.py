@@ -2,13 +2,14 @@
 
 The CPU stages (GrabCut, normals, Retinex, shading, PNG/JPEG encoding) are NumPy/OpenCV calls that release the
 GIL, but the Python between them does not, so threads in one process stop scaling as cores are added.
-``generate --workers N`` runs N spawned processes, each a rank of its own (:func:`relight_stream.log.rank_world`): with an outer launch of ``WORLD_SIZE``
-W and ``RANK`` r, worker i is rank ``r*N + i`` of ``W*N``. Work unit k goes to rank ``k mod world`` as always,
-so the shards are byte-identical to a one-process run, resume works with any other worker count, and each
-worker's decode, compute and encode overlap the others'.
+``generate --workers N`` runs N spawned processes, each a rank of its own (:func:`relight_stream.log.rank_world`):
+with an outer launch of ``WORLD_SIZE`` W and ``RANK`` r, worker i is rank ``r*N + i`` of ``W*N``. Work unit k goes
+to rank ``k mod world`` as always, so the shards are byte-identical to a one-process run, resume works with any
+other worker count, and each worker's decode, compute and encode overlap the others'.
 
 Auto (``--workers 0``) gives one worker per two cores: each keeps two threads, for its sink thread and its
-per-sample pool. On the 2-core VM that is one process, and rightly so: with the sink thread overlapping encode
+per-sample pool, and no more than the available memory holds (:func:`worker_memory_mb`). On the 2-core VM that
+is one process, and rightly so: with the sink thread overlapping encode
 and compute, one process ran 128 photos at 1024² in 14.7 s (median of 3, start-up included) and two workers in
 13.9 s, and in both ``bench generate`` runs since (96 photos, 1024²) one process was ahead: 5.91 against 5.22
 and 6.74 against 5.10 img/s. More cores are where processes should pay: that has not been measured here.
@@ -37,8 +38,11 @@ log = logging.getLogger(__name__)
 MIN_INPUTS_PER_WORKER = 48
 """``--workers 0`` (auto) starts another process only for this many inputs to do per process: a worker costs
 about a second to start (imports), the time of ~5 triplets at 1024² on two cores."""
-HOST_MB_PER_WORKER = 2048
-"""Host memory one CPU worker may need at 1024² (``bench generate`` peak: ≈1.8 GB), for the auto count."""
+def worker_memory_mb(cfg: GenerateConfig) -> float:
+    """Peak host memory of one classical CPU worker (MB), for the auto count: ≈ 0.95 GB of libraries plus ≈ 1.85 GB
+    per megapixel of a 16-image batch (measured peak RSS: 1.41 GB at 512², 2.85 GB at 1024², batches of 16)."""
+    batch = min(cfg.decode.batch_size, cfg.shard.samples_per_shard)  # a batch never crosses a shard
+    return 950.0 + 1850.0 * (cfg.decode.resolution**2 / 2**20) * (batch / 16)
 
 _WORKER_ENV = "RELIGHT_GENERATE_WORKER"
 
@@ -48,7 +52,8 @@ def in_worker() -> bool:
     return os.environ.get(_WORKER_ENV) == "1"
 
 
-def resolve_workers(asked: int, *, gpu: bool, inputs_todo: int, units_todo: int, world: int = 1) -> int:
+def resolve_workers(asked: int, *, gpu: bool, inputs_todo: int, units_todo: int, world: int = 1,
+                    mb_per_worker: float = 2048.0) -> int:
     """The number of worker processes for a run.
 
     Args:
@@ -57,12 +62,13 @@ def resolve_workers(asked: int, *, gpu: bool, inputs_todo: int, units_todo: int,
             ``torchrun``/``accelerate launch`` instead).
         inputs_todo: Inputs in the shards this process still has to write.
         units_todo: Those shards (a shard is never split between workers).
+        mb_per_worker: Host memory one worker needs (:func:`worker_memory_mb`).
         world: Ranks of an outer launch (``torchrun``). Every rank must then start the same number of workers, or
             the ranks r*N+i of W*N would not tile the plan: auto is 1 and an explicit N is taken as is.
 
     Returns:
-        1 for an in-process run; auto gives one worker per two usable cores, no more than the host memory
-        allows (:data:`HOST_MB_PER_WORKER`) and no fewer than :data:`MIN_INPUTS_PER_WORKER` inputs each.
+        1 for an in-process run; auto gives one worker per two usable cores, no more than the available host
+        memory allows (``mb_per_worker`` each) and no fewer than :data:`MIN_INPUTS_PER_WORKER` inputs each.
     """
     if asked < 0:
         raise ValueError(f"generate: workers must be >= 0 (0: auto), got {asked}")
@@ -76,16 +82,17 @@ def resolve_workers(asked: int, *, gpu: bool, inputs_todo: int, units_todo: int,
         return max(1, min(asked, units_todo))
     if gpu:
         return 1
-    n = min(cores_per_rank() // 2, units_todo, max(1, inputs_todo // MIN_INPUTS_PER_WORKER), _memory_cap())
+    n = min(cores_per_rank() // 2, units_todo, max(1, inputs_todo // MIN_INPUTS_PER_WORKER),
+            _memory_cap(mb_per_worker))
     return max(1, n)
 
 
-def _memory_cap() -> int:
+def _memory_cap(mb_per_worker: float) -> int:
     try:
         avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return 1 << 10
-    return max(1, int(avail // (HOST_MB_PER_WORKER * 2**20)))
+    return max(1, int(avail // (mb_per_worker * 2**20)))
 
 
 def uses_gpu(cfg: GenerateConfig, run: RunConfig) -> bool:

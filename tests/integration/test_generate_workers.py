@@ -178,7 +178,7 @@ def test_resolve_workers_auto_uses_the_cores_and_refuses_a_negative_count(monkey
     assert resolve_workers(0, gpu=False, inputs_todo=10 * MIN_INPUTS_PER_WORKER, units_todo=100) == 2  # 4 cores
     assert resolve_workers(0, gpu=False, inputs_todo=1 * MIN_INPUTS_PER_WORKER, units_todo=100) == 1
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(32)), raising=False)
-    cap = _memory_cap()  # available host memory / HOST_MB_PER_WORKER
+    cap = _memory_cap(2048.0)  # available host memory / the default 2 GB per worker
     assert resolve_workers(0, gpu=False, inputs_todo=10 * MIN_INPUTS_PER_WORKER, units_todo=100) == min(10, cap)
     assert resolve_workers(0, gpu=False, inputs_todo=100 * MIN_INPUTS_PER_WORKER, units_todo=100) == min(16, cap)
     with pytest.raises(ValueError, match="workers must be >= 0"):
@@ -245,3 +245,18 @@ def test_workers_under_two_outer_ranks_write_the_one_process_bytes(photos_dir, t
         assert run_generate(_cfg([photos_dir], out, workers=2), RunConfig(seed=0), stages=[]) == 0
     assert shard_outputs(out) == shard_outputs(ref)
     assert json.loads((out / "stats.json").read_text())["world"] == 4
+
+
+def test_the_auto_count_budgets_memory_by_resolution_and_batch(monkeypatch):
+    from relight_stream.pipeline.workers import worker_memory_mb
+
+    small = worker_memory_mb(GenerateConfig(decode=DecodeConfig(resolution=512, batch_size=16)))
+    large = worker_memory_mb(GenerateConfig(decode=DecodeConfig(resolution=1024, batch_size=16)))
+    assert 1300 < small < 1500 and 2700 < large < 3000  # the measured peak RSS: 1.41 and 2.85 GB
+    capped = GenerateConfig(decode=DecodeConfig(resolution=1024, batch_size=32), shard=ShardConfig(samples_per_shard=8))
+    assert worker_memory_mb(capped) < large  # a batch never crosses a shard of 8
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    monkeypatch.setattr(os, "sysconf", lambda name: {"SC_AVPHYS_PAGES": 4 * 2**18, "SC_PAGE_SIZE": 4096}[name])
+    # 4 GiB available: two 2 GB workers, one 3 GB worker
+    assert resolve_workers(0, gpu=False, inputs_todo=10_000, units_todo=100, mb_per_worker=2000.0) == 2
+    assert resolve_workers(0, gpu=False, inputs_todo=10_000, units_todo=100, mb_per_worker=3000.0) == 1
