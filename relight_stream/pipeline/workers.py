@@ -9,10 +9,10 @@ other worker count, and each worker's decode, compute and encode overlap the oth
 
 Auto (``--workers 0``) gives one worker per two cores: each keeps two threads, for its sink thread and its
 per-sample pool, and no more than the available memory holds (:func:`worker_memory_mb`). On the 2-core VM that
-is one process, and rightly so: with the sink thread overlapping encode
-and compute, one process ran 128 photos at 1024² in 14.7 s (median of 3, start-up included) and two workers in
-13.9 s, and in both ``bench generate`` runs since (96 photos, 1024²) one process was ahead: 5.91 against 5.22
-and 6.74 against 5.10 img/s. More cores are where processes should pay: that has not been measured here.
+is one process, and rightly so: with the sink thread overlapping encode and compute, one process ran 128 photos
+at 1024² in 14.7 s (median of 3, start-up included) and two workers in 13.9 s, and in both ``bench generate``
+runs since (96 photos, 1024²) one process was ahead: 5.91 against 5.22 and 6.74 against 5.10 img/s. More cores
+are where processes should pay: that has not been measured here.
 
 The parent process plans nothing itself beyond the checks of ``run_generate``: it moves the old outputs aside
 (``--new-run``), spawns the workers, forwards SIGINT/SIGTERM to them once (they run in their own process group,
@@ -38,13 +38,14 @@ log = logging.getLogger(__name__)
 MIN_INPUTS_PER_WORKER = 48
 """``--workers 0`` (auto) starts another process only for this many inputs to do per process: a worker costs
 about a second to start (imports), the time of ~5 triplets at 1024² on two cores."""
+_WORKER_ENV = "RELIGHT_GENERATE_WORKER"
+
+
 def worker_memory_mb(cfg: GenerateConfig) -> float:
     """Peak host memory of one classical CPU worker (MB), for the auto count: ≈ 0.95 GB of libraries plus ≈ 1.85 GB
     per megapixel of a 16-image batch (measured peak RSS: 1.41 GB at 512², 2.85 GB at 1024², batches of 16)."""
     batch = min(cfg.decode.batch_size, cfg.shard.samples_per_shard)  # a batch never crosses a shard
     return 950.0 + 1850.0 * (cfg.decode.resolution**2 / 2**20) * (batch / 16)
-
-_WORKER_ENV = "RELIGHT_GENERATE_WORKER"
 
 
 def in_worker() -> bool:
@@ -151,10 +152,8 @@ def run_workers(cfg: GenerateConfig, run: RunConfig, n: int, *, total: int | Non
         p.start()
         procs.append(p)
     log.info("generate: %d worker processes (ranks %d..%d of %d)", n, rank * n, rank * n + n - 1, world * n)
-    forwarded: list[int] = []
 
     def forward(signum: int, frame: Any) -> None:
-        forwarded.append(signum)
         for p in procs:
             if p.is_alive() and p.pid:
                 try:
@@ -175,18 +174,20 @@ def run_workers(cfg: GenerateConfig, run: RunConfig, n: int, *, total: int | Non
         for s, h in old.items():
             signal.signal(s, h)
         bar.close()
-    codes = []
+    codes, died = [], False
     for i, p in enumerate(procs):
         code = p.exitcode if p.exitcode is not None else 1
         if code < 0:  # killed by a signal it could not handle (SIGKILL: the OOM killer?)
             log.error("worker %d died of %s; its open shard is left for the next run", i, signal.Signals(-code).name)
-            code = 1
+            code, died = 1, True
+        elif code > 128:
+            log.info("worker %d stopped on %s", i, signal.Signals(code - 128).name)
         elif code:
             log.error("worker %d exited with %d", i, code)
         codes.append(code)
     stops = [c for c in codes if c > 128]
     code = max(stops) if stops else max(codes)
-    if world == 1 and any(c < 0 for c in (p.exitcode if p.exitcode is not None else -1 for p in procs)):
+    if world == 1 and died:
         # a worker killed before it wrote its stats (a stop during its start-up, the OOM killer): the parent
         # merges what the others wrote, so stats.json still ends the run
         from relight_stream.pipeline.recipes_report import merge_rank_stats
