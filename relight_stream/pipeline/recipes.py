@@ -124,14 +124,15 @@ def _maybe_workers(cfg: GenerateConfig, run: RunConfig, plan: Plan, mine: list[W
         todo, _ = S.classify_shards(cfg.out, mine, {u.name for u in plan.units}, chash=chash, overwrite=False,
                                     delete_extra=False)
     gpu = cfg.workers == 0 and uses_gpu(cfg, run)
-    n = resolve_workers(cfg.workers, gpu=gpu, inputs_todo=sum(len(u.items) for u in todo), units_todo=len(todo),
-                        world=world, mb_per_worker=worker_memory_mb(cfg))
+    inputs_todo = sum(len(u.items) for u in todo)
+    n = resolve_workers(cfg.workers, gpu=gpu, inputs_todo=inputs_todo, units_todo=len(todo), world=world,
+                        mb_per_worker=worker_memory_mb(cfg))
     if n <= 1:
         return None
     if cfg.shard.new_run:
         with S.RunLock(cfg.out, rank):
             S.move_aside(cfg.out)
-    return run_workers(cfg, run, n, total=sum(len(u.items) for u in todo), stages=stages)
+    return run_workers(cfg, run, n, total=inputs_todo, stages=stages)
 
 
 def build_generate_stages(cfg: GenerateConfig, run: RunConfig) -> list[Stage]:
