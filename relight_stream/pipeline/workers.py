@@ -89,11 +89,43 @@ def resolve_workers(asked: int, *, gpu: bool, inputs_todo: int, units_todo: int,
 
 
 def _memory_cap(mb_per_worker: float) -> int:
-    try:
-        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
+    avail = available_memory_bytes()
+    if avail is None:
         return 1 << 10
     return max(1, int(avail // (mb_per_worker * 2**20)))
+
+
+def available_memory_bytes() -> int | None:
+    """Host memory a new process can use (bytes), or None where it cannot be read.
+
+    ``MemAvailable`` of ``/proc/meminfo`` counts reclaimable page cache, which ``sysconf(SC_AVPHYS_PAGES)``
+    (``MemFree``) does not: on a machine that has read a dataset, free memory is a small part of what workers
+    can have. A cgroup v2 ``memory.max`` (a container's limit) lowers it further.
+    """
+    avail = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    if avail is None:
+        try:
+            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return None
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+        with open("/sys/fs/cgroup/memory.current") as f:
+            used = int(f.read().strip())
+        if limit != "max":
+            avail = min(avail, max(0, int(limit) - used))
+    except (OSError, ValueError):
+        pass
+    return avail
 
 
 def uses_gpu(cfg: GenerateConfig, run: RunConfig) -> bool:

@@ -17,7 +17,8 @@ from relight_stream.config import DecodeConfig, GenerateConfig, RunConfig, Shard
 from relight_stream.pipeline import shard as S
 from relight_stream.pipeline.recipes import run_generate
 from relight_stream.pipeline.sources import make_plan
-from relight_stream.pipeline.workers import MIN_INPUTS_PER_WORKER, _memory_cap, resolve_workers
+from relight_stream.pipeline import workers as workers_mod
+from relight_stream.pipeline.workers import MIN_INPUTS_PER_WORKER, resolve_workers
 
 DEC = {"resolution": 32, "min_size": 16, "batch_size": 2, "backend": "pil", "num_workers": 1}
 ROOT = Path(__file__).resolve().parents[2]
@@ -168,19 +169,22 @@ def test_a_worker_stops_by_itself_when_its_parent_is_killed(photos_dir, tmp_path
 ])
 def test_resolve_workers(asked, gpu, inputs, units, expect, monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.setattr(workers_mod, "available_memory_bytes", lambda: 64 * 2**30)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     assert resolve_workers(asked, gpu=gpu, inputs_todo=inputs, units_todo=units) == expect
 
 
 def test_resolve_workers_auto_uses_the_cores_and_refuses_a_negative_count(monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(4)), raising=False)
+    monkeypatch.setattr(workers_mod, "available_memory_bytes", lambda: 64 * 2**30)  # not this host's memory
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     assert resolve_workers(0, gpu=False, inputs_todo=10 * MIN_INPUTS_PER_WORKER, units_todo=100) == 2  # 4 cores
     assert resolve_workers(0, gpu=False, inputs_todo=1 * MIN_INPUTS_PER_WORKER, units_todo=100) == 1
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(32)), raising=False)
-    cap = _memory_cap(2048.0)  # available host memory / the default 2 GB per worker
-    assert resolve_workers(0, gpu=False, inputs_todo=10 * MIN_INPUTS_PER_WORKER, units_todo=100) == min(10, cap)
-    assert resolve_workers(0, gpu=False, inputs_todo=100 * MIN_INPUTS_PER_WORKER, units_todo=100) == min(16, cap)
+    assert resolve_workers(0, gpu=False, inputs_todo=10 * MIN_INPUTS_PER_WORKER, units_todo=100) == 10  # inputs
+    assert resolve_workers(0, gpu=False, inputs_todo=100 * MIN_INPUTS_PER_WORKER, units_todo=100) == 16  # cores
+    monkeypatch.setattr(workers_mod, "available_memory_bytes", lambda: None)  # unreadable: cores and inputs decide
+    assert resolve_workers(0, gpu=False, inputs_todo=100 * MIN_INPUTS_PER_WORKER, units_todo=100) == 16
     with pytest.raises(ValueError, match="workers must be >= 0"):
         resolve_workers(-1, gpu=False, inputs_todo=10, units_todo=10)
     monkeypatch.setenv("RELIGHT_GENERATE_WORKER", "1")  # inside a worker: never nested
@@ -256,7 +260,34 @@ def test_the_auto_count_budgets_memory_by_resolution_and_batch(monkeypatch):
     capped = GenerateConfig(decode=DecodeConfig(resolution=1024, batch_size=32), shard=ShardConfig(samples_per_shard=8))
     assert worker_memory_mb(capped) < large  # a batch never crosses a shard of 8
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
-    monkeypatch.setattr(os, "sysconf", lambda name: {"SC_AVPHYS_PAGES": 4 * 2**18, "SC_PAGE_SIZE": 4096}[name])
+    monkeypatch.setattr(workers_mod, "available_memory_bytes", lambda: 4 * 2**30)
     # 4 GiB available: two 2 GB workers, one 3 GB worker
     assert resolve_workers(0, gpu=False, inputs_todo=10_000, units_todo=100, mb_per_worker=2000.0) == 2
     assert resolve_workers(0, gpu=False, inputs_todo=10_000, units_todo=100, mb_per_worker=3000.0) == 1
+
+
+def test_available_memory_counts_reclaimable_cache_and_a_container_limit(tmp_path, monkeypatch):
+    import builtins
+
+    files = {"/proc/meminfo": "MemTotal:  16000000 kB\nMemFree:  1000 kB\nMemAvailable:  8388608 kB\n",
+             "/sys/fs/cgroup/memory.max": "max\n", "/sys/fs/cgroup/memory.current": "123\n"}
+    real_open = builtins.open
+
+    def fake_open(path, *args, **kwargs):
+        if path in files:
+            if files[path] is None:
+                raise FileNotFoundError(path)
+            target = tmp_path / path.strip("/").replace("/", "_")
+            target.write_text(files[path])
+            return real_open(target, *args, **kwargs)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", fake_open)
+    assert workers_mod.available_memory_bytes() == 8 * 2**30  # MemAvailable, not MemFree
+    files["/sys/fs/cgroup/memory.max"] = f"{3 * 2**30}\n"
+    files["/sys/fs/cgroup/memory.current"] = f"{2**30}\n"
+    assert workers_mod.available_memory_bytes() == 2 * 2**30  # the container's limit less its usage
+    files["/proc/meminfo"] = None
+    files["/sys/fs/cgroup/memory.max"] = None
+    monkeypatch.setattr(os, "sysconf", lambda name: {"SC_AVPHYS_PAGES": 2**18, "SC_PAGE_SIZE": 4096}[name])
+    assert workers_mod.available_memory_bytes() == 2**30  # no /proc: sysconf's free pages
