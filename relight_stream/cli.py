@@ -11,13 +11,13 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
-import os
-import sys
 from typing import Any, Callable
 
 import click
 
 from relight_stream import config as C
+from relight_stream.cli_options import (NotImplementedYet, RunError, apply_offline, config_option, dry_run_option,
+                                        inputs_or_none, parse_floats, parse_mix)
 
 log = logging.getLogger("relight_stream")
 
@@ -34,23 +34,6 @@ ENTRY_POINTS: dict[str, str] = {
     "demo": "relight_stream.demo:run_demo",
 }
 
-OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
-
-
-class NotImplementedYet(click.ClickException):
-    """A command whose stage is not built yet: exit code 2, never a fake success."""
-
-    exit_code = 2
-
-    def __init__(self, command: str, detail: str = "") -> None:
-        super().__init__(f"`relight-stream {command}` is not implemented yet{': ' + detail if detail else ''}")
-
-
-class RunError(click.ClickException):
-    """A bad run (config, inputs, unavailable backend): a clear message and exit code 2."""
-
-    exit_code = 2
-
 
 def resolve_entry(command: str) -> Callable[..., int]:
     """Import the library function behind ``command``; raise :class:`NotImplementedYet` if it does not exist."""
@@ -61,17 +44,6 @@ def resolve_entry(command: str) -> Callable[..., int]:
     if func is None:
         raise NotImplementedYet(command, f"{module_name}.{func_name} does not exist")
     return func
-
-
-def apply_offline(offline: bool) -> None:
-    """Set the Hugging Face offline variables; must run before any HF library is imported."""
-    if not offline:
-        return
-    for var in OFFLINE_VARS:
-        os.environ[var] = "1"
-    loaded = [m for m in ("huggingface_hub", "transformers", "diffusers") if m in sys.modules]
-    if loaded:  # their constants are read at import; too late to change them for this process
-        log.warning("--offline set after %s was imported; offline mode may not apply to it", ", ".join(loaded))
 
 
 def _invoke(ctx: click.Context, command: str, cls: type, config_file: str | None, flags: dict[str, Any]) -> None:
@@ -92,40 +64,6 @@ def _invoke(ctx: click.Context, command: str, cls: type, config_file: str | None
             raise
         raise RunError(str(exc)) from exc
     ctx.exit(int(code or 0))
-
-
-def _inputs(values: tuple[str, ...]) -> list[str] | None:
-    return list(values) if values else None
-
-
-def _parse_mix(text: str | None) -> dict[str, float] | None:
-    if text is None:
-        return None
-    mix = {}
-    for part in text.split(","):
-        name, sep, weight = part.partition("=")
-        if not sep:
-            raise click.BadParameter(f"expected name=weight pairs like soft=0.5,shadow=0.5, got {part!r}")
-        try:
-            mix[name.strip()] = float(weight)
-        except ValueError:
-            raise click.BadParameter(f"weight of {name!r} is not a number: {weight!r}") from None
-    return mix
-
-
-def _parse_floats(text: str | None) -> list[float] | None:
-    if text is None:
-        return None
-    try:
-        return [float(x) for x in text.split(",")]
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated numbers, got {text!r}") from None
-
-
-config_option = click.option(
-    "--config", "config_file", type=click.Path(dir_okay=False), default=None, help="YAML file overriding defaults."
-)
-dry_run_option = click.option("--dry-run", is_flag=True, default=None, help="Print the plan; write nothing.")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -170,8 +108,8 @@ def filter_cmd(ctx, inputs, out, scorer, top, threshold, splits, from_scores, cl
     scores.parquet (every input with status and every score), selected.csv (image_path,lighting_score),
     train/val/test.csv with --splits, a contact sheet, stats.json and config.yaml.
     """
-    flags = dict(inputs=_inputs(inputs), out=out, scorer=scorer, top=top, threshold=threshold,
-                 splits=_parse_floats(splits), from_scores=from_scores, dry_run=dry_run,
+    flags = dict(inputs=inputs_or_none(inputs), out=out, scorer=scorer, top=top, threshold=threshold,
+                 splits=parse_floats(splits), from_scores=from_scores, dry_run=dry_run,
                  save_embeddings=save_embeddings)
     flags.update({"clip.model": clip_model, "clip.pretrained": clip_pretrained, "clip.backend": backend})
     _invoke(ctx, "filter", C.FilterConfig, config_file, flags)
@@ -210,9 +148,9 @@ def generate_cmd(ctx, inputs, out, resolution, samples_per_shard, segmenter, dep
     Reruns skip finished shards.
     """
     flags = {
-        "inputs": _inputs(inputs), "out": out, "decode.resolution": resolution,
+        "inputs": inputs_or_none(inputs), "out": out, "decode.resolution": resolution,
         "shard.samples_per_shard": samples_per_shard, "segment.backend": segmenter, "geometry.backend": depth,
-        "relight.mix": _parse_mix(mix), "preview": preview, "relight.consistency": consistency,
+        "relight.mix": parse_mix(mix), "preview": preview, "relight.consistency": consistency,
         "shard.overwrite": overwrite, "fast_dev_run": fast_dev_run, "dry_run": dry_run,
         "decode.backend": decode_backend, "shard.skip_bad_input_shards": skip_bad_input_shards,
         "shard.new_run": new_run, "decode.keep_alpha": keep_alpha, "workers": workers,
@@ -243,7 +181,7 @@ def cache_latents_cmd(ctx, shards, out, model, resolution, config_file) -> None:
 
     Reads SHARDS... (generate's output). Writes latent shards (input/target latents, text embeddings) to --out.
     """
-    flags = dict(shards=_inputs(shards), out=out, model=model, resolution=resolution)
+    flags = dict(shards=inputs_or_none(shards), out=out, model=model, resolution=resolution)
     _invoke(ctx, "cache-latents", C.CacheLatentsConfig, config_file, flags)
 
 
@@ -270,7 +208,7 @@ def train_cmd(ctx, shards, out, model, resolution, max_steps, batch_size, checkp
     diffusers pipeline folder with a model card), stats.json and config.yaml. Works under torchrun and
     accelerate launch.
     """
-    flags = dict(shards=_inputs(shards), out=out, model=model, resolution=resolution, max_steps=max_steps,
+    flags = dict(shards=inputs_or_none(shards), out=out, model=model, resolution=resolution, max_steps=max_steps,
                  batch_size=batch_size, checkpoint_every=checkpoint_every, resume=resume, fast_dev_run=fast_dev_run,
                  mixed_precision=mixed_precision, consistency=consistency, compile=compile_)
     _invoke(ctx, "train", C.TrainConfig, config_file, flags)

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from relight_stream.bench.timing import format_table, json_line, machine_info, peak_host_mb
-from relight_stream.config import BenchConfig, _coerce, config_to_dict
+from relight_stream.config import BenchConfig, coerce, config_to_dict
 from relight_stream.fileio import atomic_write
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ def parse_compare(spec: str, base: BenchConfig) -> list[tuple[str, BenchConfig]]
             if field not in hints or field in ("compare", "target"):
                 valid = sorted(set(hints) - {"compare", "target"})
                 raise ValueError(f"--compare: unknown bench field {field!r}; valid: {valid}")
-            changes[field] = _coerce(_literal(value), hints[field], f"compare.{field}")
+            changes[field] = coerce(_literal(value), hints[field], f"compare.{field}")
         out.append((label, dataclasses.replace(base, compare=None, **changes)))
     return out
 

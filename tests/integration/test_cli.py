@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 from relight_stream import cli as cli_mod
 from relight_stream.cli import ENTRY_POINTS, cli
+from relight_stream.cli_options import OFFLINE_VARS
 
 COMMANDS = ["filter", "generate", "verify", "cache-latents", "train", "infer", "bench", "build-engines", "demo"]
 
@@ -99,12 +100,12 @@ def test_nonzero_code_is_propagated(monkeypatch):
 
 
 def test_offline_sets_hub_variables(monkeypatch):
-    for var in cli_mod.OFFLINE_VARS:
+    for var in OFFLINE_VARS:
         monkeypatch.delenv(var, raising=False)
     _capture(monkeypatch, "verify")
     result = CliRunner().invoke(cli, ["--offline", "verify", "d"])
     assert result.exit_code == 0
-    assert all(os.environ[v] == "1" for v in cli_mod.OFFLINE_VARS)
+    assert all(os.environ[v] == "1" for v in OFFLINE_VARS)
 
 
 def test_bad_log_level():
