@@ -80,9 +80,11 @@ class SegmentConfig:
     """Foreground segmentation (``pipeline/segment.py``)."""
 
     backend: Literal["classical", "sam2"] = "classical"
-    flavor: str = "tiny"
+    flavor: str = "hiera-s"
+    """SAM 2.1 size: ``hiera-t``, ``hiera-s``, ``hiera-b+``, ``hiera-l``, or ``tiny`` (random weights, tests)."""
     weights: str | None = None
-    """Hugging Face id (``org/name@revision``) or local path; ``None`` = random weights (tiny only)."""
+    """``facebook/sam2.1-hiera-small@<commit>`` (Hugging Face), a local ``.pt``, or ``random`` (untrained, for
+    benchmarks); required for every flavor but ``tiny``."""
     work_resolution: int = 128
     """Side of the square the classical prior and GrabCut work at; the matte is refined at full resolution."""
     grabcut_iters: int = 2
@@ -96,8 +98,12 @@ class GeometryConfig:
     """Depth and normals (``pipeline/geometry.py``)."""
 
     backend: Literal["classical", "depth-anything", "dpt"] = "classical"
-    flavor: str = "tiny"
+    flavor: str | None = None
+    """``s``/``b``/``l`` (Depth Anything V2) or ``hybrid``/``large`` (MiDaS DPT), or a full engine flavor, or
+    ``tiny`` (random weights, tests); unset: ``s`` for depth-anything, ``hybrid`` for dpt."""
     weights: str | None = None
+    """``<hf_id>@<commit>`` (e.g. ``depth-anything/Depth-Anything-V2-Small-hf@<commit>``), a local folder, or
+    ``random`` (untrained, for benchmarks); required for every flavor but ``tiny``."""
     detail: float = 0.15
     """Classical backend: weight of the luminance detail added to the inflated silhouette height field."""
     work_resolution: int = 512

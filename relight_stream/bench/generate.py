@@ -245,8 +245,9 @@ def resolve_models(cfg: BenchConfig, run: RunConfig) -> dict[str, Any]:
     if backend != "neural":
         raise ValueError(f"bench generate: --backend must be auto, classical or neural, got {cfg.backend!r}")
     seg, depth = ("tiny", "tiny") if cfg.tiny else ("hiera-s", "depth-anything-v2-s")
-    return {"segment": SegmentConfig(backend="sam2", flavor=seg),
-            "geometry": GeometryConfig(backend="depth-anything", flavor=depth)}
+    # random weights: the throughput of the architectures, the FLOPs of the real models
+    return {"segment": SegmentConfig(backend="sam2", flavor=seg, weights="random"),
+            "geometry": GeometryConfig(backend="depth-anything", flavor=depth, weights="random")}
 
 
 def bench_generate(cfg: BenchConfig, run: RunConfig) -> dict[str, Any]:

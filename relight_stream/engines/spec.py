@@ -120,14 +120,14 @@ def parse_weights(weights: str | os.PathLike | None, spec: EngineSpec) -> Weight
     """Validate a user's ``weights`` value for ``spec`` before anything loads.
 
     Args:
-        weights: ``None`` (random init), ``"org/name@revision"`` (Hugging Face, revision required), or an
-            existing local file/folder.
+        weights: ``None`` or ``"random"`` (seeded random init), ``"org/name@revision"`` (Hugging Face, revision
+            required), or an existing local file/folder.
         spec: the engine spec the weights are for.
 
     Raises:
         ValueError: a hub id without a revision, or something that is neither a hub id nor an existing path.
     """
-    if weights is None:
+    if weights is None or str(weights) == "random":
         return WeightsRef("random")
     text = str(weights)
     if Path(text).expanduser().exists():

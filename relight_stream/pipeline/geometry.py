@@ -29,6 +29,7 @@ from relight_stream.kernels.color import srgb_to_linear
 from relight_stream.kernels.filters import downsample, resize_bilinear
 from relight_stream.kernels.normals import normals_from_depth, normals_from_mask
 from relight_stream.kernels.xp import asnumpy, get_xp, has_cupy
+from relight_stream.log import warn_once
 from relight_stream.pipeline.engine_batch import call_in_chunks
 from relight_stream.pipeline.stage import Stage, per_sample
 from relight_stream.sample import SampleBatch
@@ -36,6 +37,8 @@ from relight_stream.sample import SampleBatch
 log = logging.getLogger(__name__)
 
 ENGINE_FLAVOR_PREFIX = {"classical": "", "depth-anything": "depth-anything-v2", "dpt": "midas-dpt"}
+DEFAULT_FLAVOR = {"classical": "", "depth-anything": "s", "dpt": "hybrid"}
+"""``geometry.flavor`` when unset: Depth Anything V2 Small, MiDaS 3.0 DPT-Hybrid."""
 
 
 def work_factor(shape: tuple[int, int], work: int) -> int:
@@ -64,14 +67,29 @@ def kernel_array(x: Any) -> Any:
 
 
 def check_engine_args(kind: str, flavor: str, weights: str | None) -> None:
-    """Validate an engine's flavor and weights without building anything (``ValueError`` if bad): the reference's
-    form, and, offline or for a local path, that the files exist and are complete (RELIABILITY D1/D2)."""
+    """Validate a pipeline stage's engine flavor and weights without building anything (``ValueError`` if bad).
+
+    A stage's model must be a real one: a full-size flavor needs ``weights`` (``org/name@commit`` or a local
+    path); untrained weights are taken only when asked for by name (``weights: random``, for throughput
+    benchmarks of the architecture), and the ``tiny`` flavor (random weights, for tests and demos) logs a warning,
+    since its masks and depth are noise. Then the reference's form and, offline or for a local path, that the
+    files exist and are complete (RELIABILITY D1/D2).
+    """
     from relight_stream.engines import get_spec
     from relight_stream.engines.spec import parse_weights
     from relight_stream.engines.weights import check_weights
 
     spec = get_spec(kind, flavor)
-    check_weights(parse_weights(weights, spec), spec.hf_file)
+    if weights is None and spec.flavor != "tiny":
+        where = f"'{spec.hf_id}@<commit sha>' (Hugging Face) or " if spec.hf_id else ""
+        raise ValueError(f"{kind} flavor {flavor!r} has no weights: give {where}a local checkpoint path as its "
+                         "weights (`--segmenter-weights`/`--depth-weights`, or `weights:` in the YAML); "
+                         "`weights: random` runs the untrained architecture (benchmarks only)")
+    ref = parse_weights(weights, spec)
+    if ref.source == "random":
+        warn_once(log, f"{kind} {flavor}: random weights — its outputs are noise (tests, demos and benchmarks "
+                       "only); give real weights for training data")
+    check_weights(ref, spec.hf_file)
 
 
 def engine_images(rgb_BHW3: Any, idx: list[int]) -> Any:
@@ -158,7 +176,7 @@ class GeometryStage(Stage):
     def engine_flavor(self) -> str:
         """Depth engine flavor: ``tiny``, a full name, or a short size expanded by backend (``s`` ->
         ``depth-anything-v2-s``, ``hybrid`` -> ``midas-dpt-hybrid``)."""
-        f = self.cfg.flavor
+        f = self.cfg.flavor or DEFAULT_FLAVOR[self.cfg.backend]
         if f == "tiny" or f.startswith(ENGINE_FLAVOR_PREFIX[self.cfg.backend]):
             return f
         return f"{ENGINE_FLAVOR_PREFIX[self.cfg.backend]}-{f}"

@@ -88,8 +88,13 @@ def test_flat_depth_is_an_error_not_a_silent_plane() -> None:
 
 
 def test_flavor_names_are_expanded_per_backend() -> None:
-    assert GeometryStage(GeometryConfig(backend="dpt", flavor="hybrid")).engine_flavor == "midas-dpt-hybrid"
-    assert GeometryStage(GeometryConfig(backend="depth-anything", flavor="s")).engine_flavor == "depth-anything-v2-s"
+    def flavor(**kw) -> str:
+        return GeometryStage(GeometryConfig(weights="random", **kw)).engine_flavor
+
+    assert flavor(backend="dpt", flavor="hybrid") == "midas-dpt-hybrid"
+    assert flavor(backend="depth-anything", flavor="s") == "depth-anything-v2-s"
+    assert flavor(backend="depth-anything") == "depth-anything-v2-s"  # unset: the small model
+    assert flavor(backend="dpt") == "midas-dpt-hybrid"  # unset: MiDaS 3.0 DPT-Hybrid
     with pytest.raises(ValueError):
         GeometryStage(GeometryConfig(detail=2.0))
 
@@ -104,4 +109,24 @@ def test_bad_engine_names_and_unpinned_weights_fail_before_any_model_loads() -> 
         GeometryStage(GeometryConfig(backend="depth-anything", flavor="s",
                                      weights="depth-anything/Depth-Anything-V2-Small-hf"))
     with pytest.raises(ValueError, match="flavor"):
-        SegmentStage(SegmentConfig(backend="sam2", flavor="hiera-xxl"))
+        SegmentStage(SegmentConfig(backend="sam2", flavor="hiera-xxl", weights="random"))
+
+
+def test_a_full_size_model_without_weights_is_a_bad_run_and_random_weights_warn(caplog, monkeypatch) -> None:
+    from relight_stream import log as log_mod
+    from relight_stream.config import SegmentConfig
+    from relight_stream.pipeline.segment import SegmentStage
+
+    # asking for SAM2 or a depth model must not quietly give untrained noise
+    with pytest.raises(ValueError, match=r"facebook/sam2.1-hiera-small@<commit sha>"):
+        SegmentStage(SegmentConfig(backend="sam2"))
+    with pytest.raises(ValueError, match=r"Depth-Anything-V2-Small-hf@<commit sha>"):
+        GeometryStage(GeometryConfig(backend="depth-anything"))
+    with pytest.raises(ValueError, match=r"dpt-hybrid-midas@<commit sha>"):
+        GeometryStage(GeometryConfig(backend="dpt"))
+    monkeypatch.setattr(log_mod, "_WARNED", set())  # warn_once: earlier tests may have warned already
+    with caplog.at_level("WARNING"):
+        GeometryStage(GeometryConfig(backend="dpt", weights="random"))  # by name: the untrained architecture
+        SegmentStage(SegmentConfig(backend="sam2", flavor="tiny"))  # the test model
+    warned = " ".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert "depth midas-dpt-hybrid: random weights" in warned and "segmenter tiny: random weights" in warned
