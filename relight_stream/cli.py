@@ -21,6 +21,15 @@ from relight_stream.cli_options import (NotImplementedYet, RunError, apply_offli
 
 log = logging.getLogger("relight_stream")
 
+GENERATE_FLAGS = {  # generate's flag -> config key (flags not listed are top-level keys of the same name)
+    "resolution": "decode.resolution", "samples_per_shard": "shard.samples_per_shard", "segmenter": "segment.backend",
+    "segmenter_flavor": "segment.flavor", "segmenter_weights": "segment.weights", "depth": "geometry.backend",
+    "depth_flavor": "geometry.flavor", "depth_weights": "geometry.weights", "albedo": "albedo.method",
+    "consistency": "relight.consistency", "overwrite": "shard.overwrite", "new_run": "shard.new_run",
+    "keep_alpha": "decode.keep_alpha", "batch_size": "decode.batch_size", "decode_backend": "decode.backend",
+    "skip_bad_input_shards": "shard.skip_bad_input_shards",
+}
+
 # command -> "module:function"; a command whose module is not built yet exits 2 with "not implemented yet".
 ENTRY_POINTS: dict[str, str] = {
     "filter": "relight_stream.pipeline.filter_run:run_filter",
@@ -97,11 +106,12 @@ def cli(ctx: click.Context, seed: int | None, device: str, log_level: str, offli
 @click.option("--clip-pretrained", default=None, help="openai | random | org/name@revision | local checkpoint")
 @click.option("--backend", default=None, help="CLIP engine backend: auto | eager | compile | onnxruntime | tensorrt")
 @click.option("--save-embeddings", is_flag=True, default=None, help="Also write embeddings.npy (CLIP scorers).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per CLIP batch.")
 @dry_run_option
 @config_option
 @click.pass_context
 def filter_cmd(ctx, inputs, out, scorer, top, threshold, splits, from_scores, clip_model, clip_pretrained, backend,
-               save_embeddings, dry_run, config_file) -> None:
+               save_embeddings, batch_size, dry_run, config_file) -> None:
     """Score the lighting of every input image and select the best-lit ones.
 
     Reads INPUT... (folders, CSV/parquet lists with an image_path column, WebDataset tars). Writes to --out:
@@ -111,7 +121,8 @@ def filter_cmd(ctx, inputs, out, scorer, top, threshold, splits, from_scores, cl
     flags = dict(inputs=inputs_or_none(inputs), out=out, scorer=scorer, top=top, threshold=threshold,
                  splits=parse_floats(splits), from_scores=from_scores, dry_run=dry_run,
                  save_embeddings=save_embeddings)
-    flags.update({"clip.model": clip_model, "clip.pretrained": clip_pretrained, "clip.backend": backend})
+    flags.update({"clip.model": clip_model, "clip.pretrained": clip_pretrained, "clip.backend": backend,
+                  "clip.batch_size": batch_size})
     _invoke(ctx, "filter", C.FilterConfig, config_file, flags)
 
 
@@ -121,7 +132,13 @@ def filter_cmd(ctx, inputs, out, scorer, top, threshold, splits, from_scores, cl
 @click.option("--resolution", type=int, default=None, help="Square output side in pixels.")
 @click.option("--samples-per-shard", type=int, default=None)
 @click.option("--segmenter", type=click.Choice(["classical", "sam2"]), default=None)
+@click.option("--segmenter-flavor", default=None, help="SAM2 size: hiera-t | hiera-s (default) | hiera-b+ | hiera-l | tiny")
+@click.option("--segmenter-weights", default=None,
+              help="facebook/sam2.1-hiera-small@<commit> | local .pt | random (untrained; benchmarks)")
 @click.option("--depth", type=click.Choice(["classical", "depth-anything", "dpt"]), default=None)
+@click.option("--depth-flavor", default=None, help="s (default) | b | l for depth-anything; hybrid (default) | large for dpt")
+@click.option("--depth-weights", default=None, help="<hf_id>@<commit> | local folder | random (untrained; benchmarks)")
+@click.option("--albedo", type=click.Choice(["retinex", "lab", "intrinsic"]), default=None, help="Albedo method.")
 @click.option("--mix", default=None, help="Degradation weights, e.g. soft=0.4,shadow=0.3,pattern=0.3")
 @click.option("--preview", type=int, default=None, help="Write preview.png for the first N samples.")
 @click.option("--consistency", is_flag=True, default=None, help="Also write (L1, L2, L1+L2) inputs.")
@@ -129,6 +146,7 @@ def filter_cmd(ctx, inputs, out, scorer, top, threshold, splits, from_scores, cl
 @click.option("--new-run", is_flag=True, default=None,
               help="Move the previous outputs to OUT/previous-<UTC time>/ and start afresh (--overwrite deletes).")
 @click.option("--keep-alpha", is_flag=True, default=None, help="Also write the source alpha as alpha.png.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per batch (decode and stages).")
 @click.option("--decode-backend", type=click.Choice(["auto", "dali", "pil"]), default=None)
 @click.option("--skip-bad-input-shards", is_flag=True, default=None, help="Exit 0 although an input tar is truncated.")
 @click.option("--fast-dev-run", is_flag=True, default=None, help="One batch of the first shard only.")
@@ -137,9 +155,7 @@ def filter_cmd(ctx, inputs, out, scorer, top, threshold, splits, from_scores, cl
 @dry_run_option
 @config_option
 @click.pass_context
-def generate_cmd(ctx, inputs, out, resolution, samples_per_shard, segmenter, depth, mix, preview, consistency,
-                 overwrite, new_run, keep_alpha, decode_backend, skip_bad_input_shards, fast_dev_run, workers, dry_run,
-                 config_file) -> None:
+def generate_cmd(ctx, inputs, config_file, mix, **flags) -> None:
     """Turn photos into relighting triplet shards.
 
     Reads INPUT... (folders, CSV/parquet lists, WebDataset tars). Writes --out/shard-NNNNNN.tar (members
@@ -147,14 +163,8 @@ def generate_cmd(ctx, inputs, out, resolution, samples_per_shard, segmenter, dep
     depth.npy, shading.jpg) each with its shard-NNNNNN.json record, plus stats.json and config.yaml.
     Reruns skip finished shards.
     """
-    flags = {
-        "inputs": inputs_or_none(inputs), "out": out, "decode.resolution": resolution,
-        "shard.samples_per_shard": samples_per_shard, "segment.backend": segmenter, "geometry.backend": depth,
-        "relight.mix": parse_mix(mix), "preview": preview, "relight.consistency": consistency,
-        "shard.overwrite": overwrite, "fast_dev_run": fast_dev_run, "dry_run": dry_run,
-        "decode.backend": decode_backend, "shard.skip_bad_input_shards": skip_bad_input_shards,
-        "shard.new_run": new_run, "decode.keep_alpha": keep_alpha, "workers": workers,
-    }
+    flags = {GENERATE_FLAGS.get(name, name): value for name, value in flags.items()}
+    flags.update({"inputs": inputs_or_none(inputs), "relight.mix": parse_mix(mix)})
     _invoke(ctx, "generate", C.GenerateConfig, config_file, flags)
 
 
@@ -225,16 +235,19 @@ def train_cmd(ctx, shards, out, model, resolution, max_steps, batch_size, checkp
 @click.option("--image-guidance", type=float, default=None, help="Image guidance scale.")
 @click.option("--segment/--no-segment", "segment_input", default=None,
               help="Composite the segmented subject on grey, as generate does (default).")
+@click.option("--fit", type=click.Choice(["crop", "pad", "keep"]), default=None,
+              help="Non-square photos: pad on grey and cut back, keeping the aspect (default); keep (long side = "
+                   "resolution, multiples of 8); crop (centre square).")
 @config_option
 @click.pass_context
-def infer_cmd(ctx, model, image, instruction, out, steps, resolution, guidance, image_guidance, segment_input,
+def infer_cmd(ctx, model, image, instruction, out, steps, resolution, guidance, image_guidance, segment_input, fit,
               config_file) -> None:
     """Relight photos with a trained model, using the same preprocessing as training.
 
     Reads --model and --image. Writes the relit image(s) and a comparison sheet to --out.
     """
     flags = dict(model=model, image=image, instruction=instruction, out=out, steps=steps, resolution=resolution,
-                 guidance=guidance, image_guidance=image_guidance, segment_input=segment_input)
+                 guidance=guidance, image_guidance=image_guidance, segment_input=segment_input, fit=fit)
     _invoke(ctx, "infer", C.InferConfig, config_file, flags)
 
 

@@ -68,6 +68,28 @@ def test_flags_override_config_file(tmp_path, monkeypatch):
     assert cfg.inputs == ["in_dir"] and run.seed == 5
 
 
+def test_every_generate_flag_reaches_its_config_key(monkeypatch):
+    seen = _capture(monkeypatch, "generate")
+    args = ["generate", "a", "b", "--out", "o", "--resolution", "96", "--samples-per-shard", "7", "--segmenter", "sam2",
+            "--segmenter-flavor", "tiny", "--segmenter-weights", "random", "--depth", "dpt", "--depth-flavor", "large",
+            "--depth-weights", "/w", "--albedo", "lab", "--preview", "3", "--consistency", "--overwrite", "--new-run",
+            "--keep-alpha", "--batch-size", "5", "--decode-backend", "pil", "--skip-bad-input-shards",
+            "--fast-dev-run", "--workers", "2", "--dry-run"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    cfg = seen["cfg"]
+    assert cfg.inputs == ["a", "b"] and cfg.out == "o" and cfg.preview == 3 and cfg.workers == 2
+    assert (cfg.decode.resolution, cfg.decode.batch_size, cfg.decode.backend, cfg.decode.keep_alpha) == (96, 5, "pil", True)
+    assert (cfg.segment.backend, cfg.segment.flavor, cfg.segment.weights) == ("sam2", "tiny", "random")
+    assert (cfg.geometry.backend, cfg.geometry.flavor, cfg.geometry.weights) == ("dpt", "large", "/w")
+    assert cfg.albedo.method == "lab" and cfg.relight.consistency and cfg.fast_dev_run and cfg.dry_run
+    assert (cfg.shard.samples_per_shard, cfg.shard.overwrite, cfg.shard.new_run, cfg.shard.skip_bad_input_shards) == (
+        7, True, True, True)
+    seen = _capture(monkeypatch, "filter")
+    assert CliRunner().invoke(cli, ["filter", "a", "--out", "o", "--batch-size", "16"]).exit_code == 0
+    assert seen["cfg"].clip.batch_size == 16
+
+
 def test_unknown_yaml_key_is_a_clear_error(tmp_path, monkeypatch):
     _capture(monkeypatch, "generate")
     f = tmp_path / "g.yaml"
