@@ -229,7 +229,8 @@ class TrainConfig:
     out: str = ""
     model: str = "tiny"
     """``tiny`` (random weights), ``sd15``, ``sdxl``, a Hugging Face id (``id@revision``) or a local folder."""
-    resolution: int = 256
+    resolution: int | None = None
+    """Training side in px; ``None`` = the model's: tiny 256, sd15 512, sdxl 1024, else UNet sample_size x 8."""
     max_steps: int = 1000
     batch_size: int = 8
     grad_accum: int = 1
@@ -265,7 +266,8 @@ class CacheLatentsConfig:
     shards: list[str] = field(default_factory=list)
     out: str = ""
     model: str = "tiny"
-    resolution: int = 256
+    resolution: int | None = None
+    """``None`` = the model's training default (as ``train``); the trainer refuses latents made at another size."""
     batch_size: int = 16
 
 
@@ -275,7 +277,11 @@ class InferConfig:
     image: str = ""
     instruction: str = ""
     out: str = ""
-    resolution: int = 512
+    resolution: int | None = None
+    """Side in px; ``None`` = the model folder's training resolution (``training_stats.json``), else its native."""
+    fit: Literal["crop", "pad", "keep"] = "pad"
+    """Non-square photos: ``pad`` on grey 128 and cut back (keeps the aspect), ``keep`` (long side, multiples of
+    8), ``crop`` (centre square)."""
     steps: int = 20
     guidance: float = 7.5
     image_guidance: float = 1.5

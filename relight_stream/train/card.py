@@ -33,6 +33,9 @@ def write_card(out: Path, *, cfg: TrainConfig, model: Any, shards: list[str], lo
 
 Fine-tuned with `relight-stream train` from **{base}** for {step} steps at {cfg.resolution}² (seed {seed}).
 
+Training resolution: **{cfg.resolution}x{cfg.resolution} px** (recorded in `training_stats.json`;
+`relight-stream infer` uses it unless given `--resolution`).
+
 ## Data
 
 {len(shards)} WebDataset shard(s) of (input, instruction, target) triplets made by `relight-stream generate`:
@@ -51,7 +54,8 @@ out = pipe("<lighting instruction>", image=subject_on_grey, image_guidance_scale
 ```
 
 or `relight-stream infer --model <this folder> --image photo.jpg --instruction "..." --out out.png`, which
-applies the training preprocessing (segment, composite on grey 128, resize) first.
+applies the training preprocessing (segment, composite on grey 128, resize) first; a non-square photo is
+letterboxed on grey 128 at {cfg.resolution}² and the output cut back to the photo's aspect ratio (`--fit pad`).
 
 Conventions: image condition = VAE latent mode of the input (unscaled); target latent = sample x scaling
 factor; conditioning dropout for classifier-free guidance, with p ~ U[0, 1) per sample: the text is dropped
@@ -70,5 +74,6 @@ for p < {2 * t:g}, the image for {t:g} <= p < {t + 2 * i:g}; EMA weights {'saved
 """
     path = out / "README.md"
     path.write_text(text)
-    (out / "training_stats.json").write_text(json.dumps({"losses": losses, "step": step, "seed": seed, **counters}))
+    stats = {"losses": losses, "step": step, "seed": seed, "resolution": cfg.resolution, **counters}
+    (out / "training_stats.json").write_text(json.dumps(stats))
     return path

@@ -80,8 +80,45 @@ def shard_format(url: str) -> str:
     raise ValueError(f"{url}: empty shard")
 
 
+def warn_if_upscaled(shards: list[str], resolution: int, *, what: str) -> tuple[int, int] | None:
+    """Warn once when the first image shard's ``target.jpg`` is smaller than ``resolution``² (it would be upscaled).
+
+    Reads only the first sample's image header. Returns its (width, height), or None for latent shards or an
+    unreadable first sample (the stream drops and counts those itself).
+    """
+    from PIL import Image
+    from webdataset.tariterators import tarfile_samples
+
+    try:
+        rec = next(iter(tarfile_samples([{"url": shards[0]}])))
+        with Image.open(io.BytesIO(rec["target.jpg"])) as img:
+            size = img.size
+    except (StopIteration, KeyError, OSError, ValueError):
+        return None
+    if min(size) < resolution:
+        log.warning("%s: the shards' images are %dx%d px (first sample of %s), smaller than the resolution %d²: "
+                    "every image is upscaled. Generate the shards at --resolution %d or pass --resolution %d",
+                    what, size[0], size[1], shards[0], resolution, resolution, min(size))
+    return size
+
+
+def check_latent_size(shards: list[str], resolution: int, vae_scale: int) -> None:
+    """Refuse cached latents whose spatial size is not ``resolution / vae_scale`` (latents.json may be absent)."""
+    from webdataset.tariterators import tarfile_samples
+
+    for rec in tarfile_samples([{"url": shards[0]}]):
+        h, w = np.load(io.BytesIO(rec["cond.npy"])).shape[-2:]
+        if (h * vae_scale, w * vae_scale) != (resolution, resolution):
+            raise ValueError(f"{shards[0]}: cached latents are {h}x{w} (images of {h * vae_scale}x{w * vae_scale} "
+                             f"px), but this run trains at {resolution}²: pass --resolution {h * vae_scale} or "
+                             f"rerun cache-latents with --resolution {resolution}")
+        return
+
+
 def decode_rgb(data: bytes, resolution: int) -> np.ndarray:
     """JPEG/PNG bytes -> ``HW3`` sRGB uint8 at ``resolution``² (short side resized, centre-cropped).
+
+    A smaller image is upscaled; the commands warn about that once per run (:func:`warn_if_upscaled`).
 
     JPEGs go through simplejpeg (about 1.5x PIL's speed, FACTS.md §4), anything else through PIL; EXIF
     orientation is not applied (generated shards are upright by construction).

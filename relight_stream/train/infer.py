@@ -3,9 +3,18 @@
 Reads a pipeline folder (``train``'s ``final/``, or any diffusers IP2P / SDXL-IP2P folder) and a photo or a
 folder of photos. Writes the edited image(s) and a comparison sheet (photo | model input | output).
 
-Preprocessing is the training data's: the photo is resized (short side) and centre-cropped to
-``resolution``², the subject is segmented and composited on sRGB grey 128 (``segment_input``; the same mask
-convention as ``generate``), then the pipeline runs with text and image guidance.
+Preprocessing is the training data's: the photo (EXIF orientation applied) is fitted to ``resolution`` — by
+default the model folder's training resolution (``training_stats.json``) — the subject is segmented and
+composited on sRGB grey 128 (``segment_input``; the same mask convention as ``generate``), then the pipeline
+runs with text and image guidance. ``fit`` says how a non-square photo meets the square the model was trained
+on:
+
+* ``pad`` (default): the photo, long side = ``resolution``, is letterboxed on a ``resolution``² square of grey
+  128 (the grey the subject is composited on, so the pad is seamless); the output is cut back to the photo's
+  box, so it keeps the photo's aspect ratio with long side = ``resolution``.
+* ``keep``: the photo is resized to long side = ``resolution`` with both sides multiples of 8 and run as it is
+  (the IP2P pipelines accept non-square images); the output has that size.
+* ``crop``: short side resized to ``resolution``, centre square cropped (the output is ``resolution``²).
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ import torch
 from relight_stream.config import InferConfig, RunConfig
 from relight_stream.fileio import atomic_write
 from relight_stream.train.data import decode_rgb, resolve_shards
+from relight_stream.train.model import pick_resolution
 
 log = logging.getLogger(__name__)
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -28,14 +38,17 @@ GREY = (128, 128, 128)
 
 
 def comparison_sheet(rows: list[list[np.ndarray]], *, pad: int = 4) -> np.ndarray:
-    """Tile equally sized ``HW3`` uint8 images, one list per row, on a white background."""
-    h, w = rows[0][0].shape[:2]
+    """Tile ``HW3`` uint8 images, one list per row, on a white background; each is centred in a cell of the
+    largest height and width."""
+    h = max(img.shape[0] for row in rows for img in row)
+    w = max(img.shape[1] for row in rows for img in row)
     cols = max(len(r) for r in rows)
     sheet = np.full((len(rows) * (h + pad) + pad, cols * (w + pad) + pad, 3), 255, np.uint8)
     for i, row in enumerate(rows):
         for j, img in enumerate(row):
-            y, x = pad + i * (h + pad), pad + j * (w + pad)
-            sheet[y : y + h, x : x + w] = img
+            ih, iw = img.shape[:2]
+            y, x = pad + i * (h + pad) + (h - ih) // 2, pad + j * (w + pad) + (w - iw) // 2
+            sheet[y : y + ih, x : x + iw] = img
     return sheet
 
 
@@ -69,17 +82,98 @@ def segment_and_composite(images: list[np.ndarray], cfg: InferConfig, run: RunCo
         raise ValueError(f"infer: segmentation requested but unavailable ({exc}); use --no-segment") from exc
     stage = SegmentStage(cfg.segment, run)
     stage.setup()
-    batch = stage.process(SampleBatch(keys=[f"img{i}" for i in range(len(images))],
-                                      arrays={"rgb_BHW3": np.stack(images)}))
-    stage.teardown()
-    out = []
-    for i, img in enumerate(images):
-        if not batch.keep_B[i]:
-            log.warning("segmentation failed (%s): using image %d without compositing", batch.drop_reason[i], i)
-            out.append(img)
-        else:
-            out.append(composite_on_grey(img, np.asarray(batch["mask_BHW"][i], np.float32)))
+    out: list[np.ndarray] = list(images)
+    try:
+        for idx in _by_shape(images):  # photos of one size are segmented as one batch
+            batch = stage.process(SampleBatch(keys=[f"img{i}" for i in idx],
+                                              arrays={"rgb_BHW3": np.stack([images[i] for i in idx])}))
+            for b, i in enumerate(idx):
+                if not batch.keep_B[b]:
+                    log.warning("segmentation failed (%s): using image %d without compositing",
+                                batch.drop_reason[b], i)
+                else:
+                    out[i] = composite_on_grey(images[i], np.asarray(batch["mask_BHW"][b], np.float32))
+    finally:
+        stage.teardown()
     return out
+
+
+def _by_shape(images: list[np.ndarray]) -> list[list[int]]:
+    """Indices of ``images`` grouped by shape, in first-seen order."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, img in enumerate(images):
+        groups.setdefault(img.shape, []).append(i)
+    return list(groups.values())
+
+
+def load_photo(data: bytes) -> np.ndarray:
+    """Image bytes -> ``HW3`` sRGB uint8 at full size, EXIF orientation applied (camera photos are upright)."""
+    from PIL import Image, ImageOps
+
+    with Image.open(io.BytesIO(data)) as img:
+        return np.asarray(ImageOps.exif_transpose(img).convert("RGB"), dtype=np.uint8)
+
+
+def fit_photo(photo: np.ndarray, resolution: int, fit: str) -> np.ndarray:
+    """The photo sized for ``fit`` (see the module docstring): ``crop`` -> ``resolution``² centre square;
+    ``pad`` -> long side ``resolution`` (exact aspect); ``keep`` -> long side ``resolution``, sides multiples of 8."""
+    from PIL import Image
+
+    h, w = photo.shape[:2]
+    if fit == "crop":
+        s = resolution / min(w, h)
+        size = (max(resolution, round(w * s)), max(resolution, round(h * s)))
+        left, top = (size[0] - resolution) // 2, (size[1] - resolution) // 2
+        img = Image.fromarray(photo).resize(size, Image.BICUBIC)
+        return np.asarray(img.crop((left, top, left + resolution, top + resolution)), dtype=np.uint8)
+    s = resolution / max(w, h)
+    if fit == "keep":
+        size = (max(8, round(w * s / 8) * 8), max(8, round(h * s / 8) * 8))
+    else:
+        size = (max(1, round(w * s)), max(1, round(h * s)))
+    return np.asarray(Image.fromarray(photo).resize(size, Image.BICUBIC), dtype=np.uint8)
+
+
+def letterbox(img: np.ndarray, resolution: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """``img`` (sides <= ``resolution``) centred on a ``resolution``² square of grey 128; returns it and the
+    content box ``(top, left, height, width)`` in px."""
+    h, w = img.shape[:2]
+    top, left = (resolution - h) // 2, (resolution - w) // 2
+    canvas = np.empty((resolution, resolution, 3), np.uint8)
+    canvas[:] = GREY
+    canvas[top : top + h, left : left + w] = img
+    return canvas, (top, left, h, w)
+
+
+def unbox(out: np.ndarray, box: tuple[int, int, int, int], resolution: int) -> np.ndarray:
+    """Cut the content ``box`` of a letterboxed input back out of the output (scaled if the output's side is not
+    ``resolution``) at the content's size: the photo's aspect ratio, long side ``resolution``."""
+    from PIL import Image
+
+    top, left, h, w = box
+    sy, sx = out.shape[0] / resolution, out.shape[1] / resolution
+    cut = out[round(top * sy) : round((top + h) * sy), round(left * sx) : round((left + w) * sx)]
+    if cut.shape[:2] != (h, w):
+        cut = np.asarray(Image.fromarray(np.ascontiguousarray(cut)).resize((w, h), Image.BICUBIC), dtype=np.uint8)
+    return np.ascontiguousarray(cut)
+
+
+def infer_resolution(cfg: InferConfig) -> int:
+    """``cfg.resolution``, else the model folder's training resolution (``training_stats.json``), else the model's
+    native one (:func:`~relight_stream.train.model.pick_resolution`); logged once."""
+    import json
+
+    if cfg.resolution is None:
+        stats = Path(cfg.model).expanduser() / "training_stats.json"
+        try:
+            recorded = json.loads(stats.read_text()).get("resolution") if stats.is_file() else None
+        except ValueError:
+            recorded = None
+        if isinstance(recorded, int) and recorded > 0:
+            log.info("infer: resolution %d² (the model's training resolution, %s; --resolution overrides)",
+                     recorded, stats)
+            return recorded
+    return pick_resolution(cfg.resolution, str(Path(cfg.model).expanduser()), what="infer")
 
 
 def _list_images(path: str) -> list[Path]:
@@ -136,19 +230,34 @@ def run_infer(cfg: InferConfig, run: RunConfig) -> int:
     single = len(files) == 1 and out.suffix.lower() in IMAGE_EXTS
     if len(files) > 1 and out.suffix.lower() in IMAGE_EXTS:
         raise ValueError(f"infer: --out {out} names an image, but --image {cfg.image} holds {len(files)} photos")
+    if cfg.fit not in ("crop", "pad", "keep"):
+        raise ValueError(f"infer: --fit {cfg.fit!r}: not crop|pad|keep")
+    res = infer_resolution(cfg)
+    if res % 8:
+        raise ValueError(f"infer: --resolution {res} must be a multiple of 8")
     from diffusers import DiffusionPipeline
 
     photos = []
     for f in files:  # a photo that cannot be read is an input error here: the user named it
         try:
-            photos.append(decode_rgb(f.read_bytes(), cfg.resolution))
+            photos.append(fit_photo(load_photo(f.read_bytes()), res, cfg.fit))
         except OSError as exc:
             raise ValueError(f"infer: cannot read {f}: {exc}") from exc
     inputs = segment_and_composite(photos, cfg, run) if cfg.segment_input else photos
+    boxes: list[tuple[int, int, int, int]] = []
+    if cfg.fit == "pad":  # after compositing: the subject's grey background runs on into the pad
+        inputs, boxes = (list(t) for t in zip(*(letterbox(x, res) for x in inputs)))
     pipe = DiffusionPipeline.from_pretrained(str(Path(cfg.model).expanduser())).to(_device(run))
     pipe.set_progress_bar_config(disable=True)
-    outs = edit(pipe, inputs, [cfg.instruction] * len(inputs), steps=cfg.steps, guidance=cfg.guidance,
-                image_guidance=cfg.image_guidance, seed=run.seed if run.seed is not None else 0)
+    outs: list[np.ndarray] = list(inputs)
+    for idx in _by_shape(inputs):  # ``keep`` photos differ in size; a batch needs one size
+        edited = edit(pipe, [inputs[i] for i in idx], [cfg.instruction] * len(idx), steps=cfg.steps,
+                      guidance=cfg.guidance, image_guidance=cfg.image_guidance,
+                      seed=run.seed if run.seed is not None else 0)
+        for i, img in zip(idx, edited):
+            outs[i] = img
+    if boxes:
+        outs = [unbox(o, b, res) for o, b in zip(outs, boxes)]
     paths = [out] if single else [out / f"{f.stem}.png" for f in files]
     for img, p in zip(outs, paths):
         save_image(img, p)

@@ -28,8 +28,15 @@ import torch
 
 from relight_stream.config import CacheLatentsConfig, RunConfig, dump_config
 from relight_stream.log import DropCounter, rank_world
-from relight_stream.train.data import IMAGE_MEMBERS, decode_rgb, resolve_shards, shard_format
-from relight_stream.train.model import TINY_FLAVORS, encode_images, encode_text, load_model, resolve_source
+from relight_stream.train.data import IMAGE_MEMBERS, decode_rgb, resolve_shards, shard_format, warn_if_upscaled
+from relight_stream.train.model import (
+    TINY_FLAVORS,
+    encode_images,
+    encode_text,
+    load_model,
+    pick_resolution,
+    resolve_source,
+)
 from relight_stream.train.step import to_unit
 
 log = logging.getLogger(__name__)
@@ -81,7 +88,13 @@ def encode_batch(model: Any, items: list[dict[str, Any]], device: Any, autocast:
 
 
 def run_cache_latents(cfg: CacheLatentsConfig, run: RunConfig) -> int:
-    """Encode every input shard not yet done; returns 0 (1 when a shard failed)."""
+    """Encode every input shard not yet done; returns 0 (1 when a shard failed).
+
+    The resolution is ``cfg.resolution`` or, unset, the one ``train`` picks for the same ``--model``
+    (:func:`~relight_stream.train.model.pick_resolution`), so the trainer can use the cache as it is.
+    """
+    import dataclasses
+
     import webdataset as wds
 
     if not cfg.out:
@@ -91,6 +104,7 @@ def run_cache_latents(cfg: CacheLatentsConfig, run: RunConfig) -> int:
     shards = resolve_shards(cfg.shards)
     if shard_format(shards[0]) != "images":
         raise ValueError(f"cache-latents: {shards[0]} is not a triplet image shard")
+    cfg = dataclasses.replace(cfg, resolution=pick_resolution(cfg.resolution, cfg.model, what="cache-latents"))
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     info_path = out / "latents.json"
@@ -102,6 +116,7 @@ def run_cache_latents(cfg: CacheLatentsConfig, run: RunConfig) -> int:
     rank, world = rank_world()
     if rank == 0:
         dump_config(cfg, out / "config.yaml", run=run)
+        warn_if_upscaled(shards, cfg.resolution, what="cache-latents")
     todo = [s for s in shards[rank::world] if not (out / Path(s).name).is_file()]
     log.info("cache-latents: %d shard(s) for this rank, %d to do", len(shards[rank::world]), len(todo))
     device = "cuda" if run.device == "auto" and torch.cuda.is_available() else \

@@ -46,9 +46,18 @@ import torch
 
 from relight_stream.config import RunConfig, TrainConfig, config_to_dict, dump_config
 from relight_stream.keys import sample_seed
+from relight_stream.log import rank_world
 from relight_stream.train import checkpoint as ckpt
-from relight_stream.train.data import ShardStream, make_loader, read_cache_info, resolve_shards, shard_format
-from relight_stream.train.model import ALIASES, TINY_FLAVORS, load_model, null_text, resolve_source
+from relight_stream.train.data import (
+    ShardStream,
+    check_latent_size,
+    make_loader,
+    read_cache_info,
+    resolve_shards,
+    shard_format,
+    warn_if_upscaled,
+)
+from relight_stream.train.model import ALIASES, TINY_FLAVORS, load_model, null_text, pick_resolution, resolve_source
 from relight_stream.train.setup import EXIT_NONFINITE, EXIT_SIGTERM, build_setup, memory_mb
 
 log = logging.getLogger(__name__)
@@ -88,8 +97,10 @@ def _launcher() -> str:
     return "none" if "WORLD_SIZE" not in os.environ else "other"
 
 
-def _check(cfg: TrainConfig) -> tuple[list[str], str]:
-    """Validate the run before any model loads (bad run -> ValueError)."""
+def _check(cfg: TrainConfig) -> tuple[TrainConfig, list[str], str, Path | None]:
+    """Validate the run before any model loads (bad run -> ValueError); returns the config with its resolution
+    resolved (given, else the resumed run's, else the model's: logged once), the shards, their format and the
+    checkpoint to resume from."""
     if not cfg.out:
         raise ValueError("train: --out is required")
     for name in ("max_steps", "batch_size", "grad_accum", "checkpoint_every", "log_every"):
@@ -97,6 +108,11 @@ def _check(cfg: TrainConfig) -> tuple[list[str], str]:
             raise ValueError(f"train: {name} must be >= 1")
     if cfg.model not in TINY_FLAVORS:
         resolve_source(cfg.model)  # an unknown model name fails here, before anything loads
+    resume_path = ckpt.find_resume(cfg.resume, Path(cfg.out) / "checkpoints")
+    resolution = cfg.resolution
+    if resolution is None and resume_path is not None:  # a resumed run keeps its resolution
+        resolution = json.loads((resume_path / "train_state.json").read_text()).get("resolution")
+    cfg = dataclasses.replace(cfg, resolution=pick_resolution(resolution, cfg.model, what="train"))
     multiple = 64 if cfg.model in ALIASES else 8  # SD's latent side (res / 8) must survive 3 UNet downsamplings
     if cfg.resolution % multiple:
         raise ValueError(f"train: --resolution {cfg.resolution} must be a multiple of {multiple} for {cfg.model}")
@@ -107,10 +123,14 @@ def _check(cfg: TrainConfig) -> tuple[list[str], str]:
         if info.get("model") != cfg.model:
             raise ValueError(f"latent cache was made with --model {info.get('model')!r}, not {cfg.model!r}")
         if info.get("resolution") != cfg.resolution:
-            raise ValueError(f"latent cache is at {info.get('resolution')}², not --resolution {cfg.resolution}")
+            raise ValueError(f"the latent cache was made at {info.get('resolution')}², but this run trains at "
+                             f"{cfg.resolution}²: pass --resolution {info.get('resolution')} or rerun cache-latents "
+                             f"with --resolution {cfg.resolution}")
     if cfg.consistency and fmt == "latents":
         raise ValueError("--consistency needs image shards with input_l1/l2/l12 (latent caches do not keep them)")
-    return shards, fmt
+    if fmt == "images" and rank_world()[0] == 0:
+        warn_if_upscaled(shards, cfg.resolution, what="train")
+    return cfg, shards, fmt, resume_path
 
 
 def run_train(cfg: TrainConfig, run: RunConfig) -> int:
@@ -119,9 +139,7 @@ def run_train(cfg: TrainConfig, run: RunConfig) -> int:
     Runs as one process, or as one rank of a ``torchrun`` / ``accelerate launch`` job (the exact commands for CPU
     and GPUs are in the module docstring); rank and world size come from the launcher's environment.
     """
-    shards, fmt = _check(cfg)
-    out = Path(cfg.out)
-    resume_path = ckpt.find_resume(cfg.resume, out / "checkpoints")
+    cfg, shards, fmt, resume_path = _check(cfg)
     if cfg.fast_dev_run:  # a smoke test: two steps, every metrics line, no checkpoints or validation
         cfg = dataclasses.replace(cfg, max_steps=2, validate_every=0, log_every=1)
     from accelerate import Accelerator
@@ -170,6 +188,8 @@ def _train(cfg: TrainConfig, run: RunConfig, accelerator: Any, *, shards: list[s
     multiple = model.vae_scale * 2 ** (len(model.unet.config.block_out_channels) - 1)
     if cfg.resolution % multiple:
         raise ValueError(f"train: --resolution {cfg.resolution} must be a multiple of {multiple} for {cfg.model}")
+    if fmt == "latents":
+        check_latent_size(shards, cfg.resolution, model.vae_scale)
     s = build_setup(cfg, model, accelerator, seed=seed, fmt=fmt)
 
     gen = torch.Generator(device=accelerator.device).manual_seed(sample_seed(seed, f"rank{rank}", "train") >> 1)

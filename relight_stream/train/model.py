@@ -39,6 +39,9 @@ ALIASES: dict[str, tuple[str, str]] = {
     "sdxl": ("stabilityai/stable-diffusion-xl-base-1.0", "462165984030d82259a11f4367a4eed129e94a7b"),
 }
 TINY_FLAVORS = ("tiny", "tiny-sdxl")
+# Training side (px) when --resolution is not given: the reference's SD1.5 512² / SDXL 1024²; tiny stays cheap.
+DEFAULT_RESOLUTION: dict[str, int] = {"tiny": 256, "tiny-sdxl": 256, "sd15": 512, "sdxl": 1024}
+FALLBACK_RESOLUTION = 512
 
 
 @dataclass
@@ -160,6 +163,66 @@ def resolve_source(model: str) -> tuple[str, str | None]:
     if not rev:
         log.warning("model %s has no pinned revision (use %s@<commit>); loading 'main'", repo, repo)
     return repo, rev or None
+
+
+def _folder_resolution(folder: Path) -> int | None:
+    """``unet/config.json`` sample_size x the VAE's scale (``2 ** (len(block_out_channels) - 1)``, else 8)."""
+    import json
+
+    try:
+        side = json.loads((folder / "unet" / "config.json").read_text())["sample_size"]
+    except (OSError, ValueError, KeyError):
+        return None
+    side = side[0] if isinstance(side, (list, tuple)) else side
+    try:
+        scale = 2 ** (len(json.loads((folder / "vae" / "config.json").read_text())["block_out_channels"]) - 1)
+    except (OSError, ValueError, KeyError, TypeError):
+        scale = 8
+    return int(side) * scale if isinstance(side, int) and side > 0 else None
+
+
+def native_resolution(model: str) -> tuple[int, str]:
+    """The training side (px) for ``model`` and why: see :data:`DEFAULT_RESOLUTION`; a hub id or local folder
+    gives its UNet's ``sample_size`` x VAE scale when its config can be read (a folder, or the hub cache: no
+    download), else :data:`FALLBACK_RESOLUTION`.
+
+    Raises:
+        ValueError: ``model`` names no known model (as :func:`resolve_source`).
+    """
+    if model in DEFAULT_RESOLUTION:
+        return DEFAULT_RESOLUTION[model], f"the default for --model {model}"
+    src, rev = resolve_source(model)
+    folder: Path | None = Path(src) if Path(src).is_dir() else None
+    if folder is None:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            from relight_stream.engines.weights import hub_cache
+
+            hit = try_to_load_from_cache(src, "unet/config.json", cache_dir=str(hub_cache()), revision=rev)
+            folder = Path(hit).parent.parent if isinstance(hit, str) else None
+        except Exception:  # noqa: BLE001 - no cache entry / hub library quirks: fall back below
+            folder = None
+    side = _folder_resolution(folder) if folder is not None else None
+    if side is None:
+        return FALLBACK_RESOLUTION, f"no readable unet/config.json for {model}: the fallback"
+    return side, f"{model}'s UNet sample_size x VAE scale"
+
+
+def pick_resolution(requested: int | None, model: str, *, what: str) -> int:
+    """``requested`` or the model's :func:`native_resolution`; logs the choice once (INFO).
+
+    Raises:
+        ValueError: ``requested`` is not positive, or ``model`` is unknown.
+    """
+    if requested is not None:
+        if requested < 1:
+            raise ValueError(f"{what}: --resolution must be >= 1, got {requested}")
+        log.info("%s: resolution %d² (--resolution)", what, requested)
+        return requested
+    side, why = native_resolution(model)
+    log.info("%s: resolution %d² (%s; --resolution overrides)", what, side, why)
+    return side
 
 
 def load_model(model: str, *, seed: int = 0) -> IP2PModel:

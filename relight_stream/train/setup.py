@@ -113,6 +113,8 @@ class TrainSetup:
             self.ema.copy_to(self.params)
         if unet.dtype != torch.float32:
             unet = unet.to(torch.float32)
+        # The pipeline's default size (sample_size x VAE scale) becomes the training resolution.
+        unet.register_to_config(sample_size=self.cfg.resolution // self.model.vae_scale)
         make_pipeline(self.model, unet).save_pretrained(str(out), safe_serialization=True)
         write_card(out, cfg=self.cfg, model=self.model, **info)
         log.info("saved pipeline to %s", out)

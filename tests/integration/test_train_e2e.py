@@ -57,7 +57,7 @@ def test_tiny_model_learns_saves_a_loadable_pipeline_and_infers(shards, tmp_path
     icfg = InferConfig(model=str(out / "final"), image=str(tmp_path / "a.png"), instruction="light from the left",
                        out=str(tmp_path / "edited.png"), resolution=32, steps=2, segment_input=False)
     assert run_infer(icfg, RunConfig(seed=0)) == 0
-    assert Image.open(tmp_path / "edited.png").size == (32, 32)
+    assert Image.open(tmp_path / "edited.png").size == (32, 27)  # --fit pad (default): the photo's 96:80 kept
     assert (tmp_path / "edited_sheet.jpg").is_file()
 
     folder = tmp_path / "photos"
