@@ -120,23 +120,57 @@ def save_checkpoint(accelerator: Any, root: Path, step: int, *, train_state: dic
     return final
 
 
+_RNG_KEYS = ("random_state", "numpy_random_seed", "torch_manual_seed")
+_RNG_LOST = "this rank's global RNG (python/numpy/torch) not restored; not an exact resume, the data order restarts"
+
+
+def _read_rng_states(path: Path, problems: list[str]) -> dict[str, Any] | None:
+    """This rank's ``random_states_<r>.pkl`` (what accelerate restores), or None with a problem recorded.
+
+    Read here because accelerate's ``load_state`` swallows a failure to load it with an INFO line (accelerate #4283).
+    """
+    name = path.name
+    if not path.is_file():
+        problems.append(f"{name} missing: {_RNG_LOST}")
+        return None
+    try:
+        states = torch.load(path, weights_only=False)  # our own checkpoint: trusted pickle
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is reported
+        problems.append(f"{name} unreadable ({type(exc).__name__}: {exc}): {_RNG_LOST}")
+        return None
+    if not isinstance(states, dict) or any(k not in states for k in _RNG_KEYS):
+        problems.append(f"{name} lacks {'/'.join(_RNG_KEYS)}: {_RNG_LOST}")
+        return None
+    return states
+
+
+def _report(path: Path, problems: list[str], strict: bool) -> None:
+    if problems and strict:
+        raise ValueError(f"strict resume from {path}: " + "; ".join(problems))
+    for p in problems:
+        log.warning("resume from %s: %s", path, p)
+
+
 def load_checkpoint(accelerator: Any, path: Path, *, world: int, num_workers: int,
                     strict: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
     """Restore accelerate state; return (train_state, this rank's state). Loudly reports what cannot be restored.
 
+    Anything that cannot be restored (world size or workers changed, a missing or unreadable ``rank<r>.pt`` or
+    ``random_states_<r>.pkl``) is a WARNING naming it, and the data position is dropped (the data order restarts)
+    since the resume is not exact anyway.
+
     Raises:
-        ValueError: under ``strict``, when the per-rank state is missing or the world size / workers changed.
+        ValueError: under ``strict``, when any of the above happens.
     """
     train_state = json.loads((path / "train_state.json").read_text())
-    problems = []
+    problems: list[str] = []
     if train_state.get("world_size") != world:
         problems.append(f"world size {train_state.get('world_size')} -> {world}: per-rank RNG and data positions "
                         "cannot be restored; the data order restarts")
     if train_state.get("num_workers") != num_workers:
         problems.append(f"num_workers {train_state.get('num_workers')} -> {num_workers}: data positions cannot be "
                         "restored; the data order restarts")
-    if not (path / f"random_states_{accelerator.process_index}.pkl").is_file():
-        problems.append(f"random_states_{accelerator.process_index}.pkl missing: this rank's global RNG not restored")
+    rng_states = _read_rng_states(path / f"random_states_{accelerator.process_index}.pkl", problems)
     rank_file = path / f"rank{accelerator.process_index}.pt"
     rank_state: dict[str, Any] = {}
     if rank_file.is_file():
@@ -146,12 +180,13 @@ def load_checkpoint(accelerator: Any, path: Path, *, world: int, num_workers: in
             problems.append(f"{rank_file.name} unreadable ({exc})")
     else:
         problems.append(f"{rank_file.name} missing: noise/dropout generator and data position not restored")
-    if problems and strict:
-        raise ValueError(f"strict resume from {path}: " + "; ".join(problems))
-    for p in problems:
-        log.warning("resume from %s: %s", path, p)
+    _report(path, problems, strict)
+    accelerator.load_state(str(path))
+    if rng_states is not None and not torch.equal(torch.get_rng_state(), rng_states["torch_manual_seed"]):
+        # readable here, yet accelerate did not apply it (it only logs that at INFO)
+        problems.append(f"random_states_{accelerator.process_index}.pkl not applied by accelerate: {_RNG_LOST}")
+        _report(path, problems[-1:], strict)
     if problems:
         rank_state.pop("data_pos", None)
-    accelerator.load_state(str(path))
     log.info("resumed from %s at step %d", path, train_state["step"])
     return train_state, rank_state

@@ -1,9 +1,11 @@
-"""Checkpoint writing: a crash during a save never costs the previous good checkpoint (RELIABILITY.md E1, E2)."""
+"""Checkpoint writing and resume: a crash during a save never costs the previous good checkpoint (RELIABILITY.md
+E1, E2); what cannot be restored is said loudly or refused under strict resume (E4)."""
 
 from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -64,3 +66,35 @@ def test_resume_with_changed_workers_warns_or_refuses(accelerator, tmp_path, cap
     assert "num_workers 0 -> 2" in caplog.text and "data_pos" not in rank_state  # the data order restarts
     with pytest.raises(ValueError, match="strict resume"):
         ckpt.load_checkpoint(accelerator, path, world=1, num_workers=2, strict=True)
+
+
+def _break_rng_file(path, how: str) -> None:
+    f = path / "random_states_0.pkl"
+    if how == "missing":
+        f.unlink()
+    elif how == "corrupt":
+        f.write_bytes(f.read_bytes()[: len(f.read_bytes()) // 2])  # truncated mid-write
+    else:  # readable pickle, but accelerate's weights_only load rejects it and only says so at INFO
+        states = torch.load(f, weights_only=False)
+        torch.save({**states, "extra": Path("not/an/allowed/global")}, f)
+
+
+@pytest.mark.parametrize("how", ["missing", "corrupt", "rejected_by_accelerate"])
+def test_missing_or_corrupt_rng_states_warn_drop_data_position_or_refuse(accelerator, tmp_path, caplog, how):
+    """E4: a global RNG file that cannot be restored is a WARNING naming it (never a silent INFO line)."""
+    accelerator.prepare(torch.nn.Linear(2, 2))
+    path = ckpt.save_checkpoint(accelerator, tmp_path / "checkpoints", 4, train_state=_state(4),
+                                rank_state={"data_pos": {0: 3}, "batches_done": 7}, total_limit=None)
+    with caplog.at_level(logging.WARNING, logger=ckpt.__name__):
+        _, rank_state = ckpt.load_checkpoint(accelerator, path, world=1, num_workers=0)
+    assert rank_state["data_pos"] == {0: 3} and not caplog.records  # intact: an exact resume, nothing to say
+
+    _break_rng_file(path, how)
+    torch.rand(3)  # move the global RNG away from the saved state
+    with caplog.at_level(logging.WARNING, logger=ckpt.__name__):
+        _, rank_state = ckpt.load_checkpoint(accelerator, path, world=1, num_workers=0)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("random_states_0.pkl" in m and "not restored" in m for m in warnings), warnings
+    assert "data_pos" not in rank_state and rank_state["batches_done"] == 7  # only the data order restarts
+    with pytest.raises(ValueError, match=r"strict resume.*random_states_0\.pkl"):
+        ckpt.load_checkpoint(accelerator, path, world=1, num_workers=0, strict=True)

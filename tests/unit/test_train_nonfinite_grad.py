@@ -1,0 +1,84 @@
+"""A NaN gradient with a finite loss: the grad-norm branch of the train loop skips and counts it (RELIABILITY.md E5).
+
+The NaN-loss path is covered by ``tests/integration/test_train_e2e.py``; here the loss stays finite and only the
+gradients of one UNet parameter are made NaN (a tensor hook on it), for chosen optimizer steps.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from relight_stream.config import RunConfig, TrainConfig
+from relight_stream.train import checkpoint as ckpt
+from relight_stream.train import loop
+from relight_stream.train.fixtures import write_synthetic_shards
+from relight_stream.train.setup import EXIT_NONFINITE
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return write_synthetic_shards(tmp_path_factory.mktemp("shards"), num_samples=8, per_shard=8, resolution=32)
+
+
+def _nan_grads_at(monkeypatch, bad_steps: set[int]) -> list[bool]:
+    """Make one trainable UNet parameter's gradient NaN at the 1-based backward passes in ``bad_steps``.
+
+    Returns a list that grows by one entry per backward pass (proof that the hook ran).
+    """
+    real = loop.build_setup
+    seen: list[bool] = []
+
+    def build_setup(*args, **kwargs):
+        s = real(*args, **kwargs)
+
+        def hook(grad: torch.Tensor) -> torch.Tensor:
+            seen.append(True)
+            return torch.full_like(grad, float("nan")) if len(seen) in bad_steps else grad
+
+        s.params[0].register_hook(hook)
+        return s
+
+    monkeypatch.setattr(loop, "build_setup", build_setup)
+    return seen
+
+
+def _cfg(shards, out, **kw) -> TrainConfig:
+    base = dict(shards=list(shards), out=str(out), resolution=32, batch_size=2, lr=1e-3, mixed_precision="no",
+                num_workers=0, log_every=1, checkpoint_every=1, checkpoints_total_limit=None, validate_every=0)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_nan_gradient_step_is_skipped_counted_and_never_checkpointed(shards, tmp_path, monkeypatch, caplog):
+    passes = _nan_grads_at(monkeypatch, {3})
+    out = tmp_path / "run"
+    with caplog.at_level(logging.WARNING):
+        assert loop.run_train(_cfg(shards, out, max_steps=5), RunConfig(seed=0)) == 0
+    assert len(passes) == 5  # the hook really ran once per step
+    assert [int(m) for m in re.findall(r"step (\d+): non-finite", caplog.text)] == [3]
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["nonfinite_total"] == 1 and stats["step"] == 5
+    losses = stats["losses"]  # one per step; the skipped step has no loss to average, the others are finite
+    assert all(torch.isfinite(torch.tensor(x)) for i, x in enumerate(losses) if i != 2), losses
+    assert [s for s, _ in ckpt.list_checkpoints(out / "checkpoints")[0]] == [1, 2, 4, 5]
+    # the NaN gradient never reached the optimizer: weights (and so the next steps' losses) stay finite
+    weights = load_file(out / "checkpoints" / "checkpoint-5" / "model.safetensors")
+    assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+def test_consecutive_nan_gradients_abort_without_checkpoint(shards, tmp_path, monkeypatch):
+    _nan_grads_at(monkeypatch, {2, 3, 4, 5, 6})
+    out = tmp_path / "abort"
+    cfg = _cfg(shards, out, max_steps=6, checkpoint_every=2, max_nonfinite_steps=2)
+    assert loop.run_train(cfg, RunConfig(seed=0)) == EXIT_NONFINITE
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["step"] == 3 and stats["nonfinite_total"] == 2
+    assert [s for s, _ in ckpt.list_checkpoints(out / "checkpoints")[0]] == []  # step 2 was inside the streak
+    assert not (out / "final").exists()
