@@ -277,3 +277,49 @@ def illustration(n: int = 256, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         cv2.circle(img, (p(ex), p(98)), p(6), (30, 25, 20), -1)
     cv2.ellipse(img, (p(128), p(120)), (p(16), p(8)), 0, 0, 180, (180, 60, 60), line)
     return img, mask.astype(bool)
+
+
+def _icc_tag_xyz(x: float, y: float, z: float) -> bytes:
+    return b"XYZ \0\0\0\0" + struct.pack(">3i", *(round(v * 65536) for v in (x, y, z)))  # s15Fixed16
+
+
+def rgb_icc_profile(name: str = "Test Adobe RGB (1998)", *, gamma: float = 563 / 256,
+                    red: tuple[float, float, float] = (0.60974, 0.31111, 0.01947),
+                    green: tuple[float, float, float] = (0.20528, 0.62567, 0.06087),
+                    blue: tuple[float, float, float] = (0.14919, 0.06322, 0.74457)) -> bytes:
+    """An ICC v2 RGB display profile (matrix + one gamma curve), written byte by byte (nothing downloaded).
+
+    The defaults are Adobe RGB (1998): its D50-adapted primaries (PCS XYZ) and gamma 2.2 (563/256). Converting it to
+    sRGB changes saturated colours by tens of levels, so a decoder that ignores the profile is caught.
+    """
+    text = name.encode("ascii") + b"\0"
+    desc = b"desc\0\0\0\0" + struct.pack(">I", len(text)) + text + b"\0" * 8 + b"\0" * 70  # + Unicode, ScriptCode
+    curve = b"curv\0\0\0\0" + struct.pack(">IH", 1, round(gamma * 256)) + b"\0\0"  # u8Fixed8 gamma
+    tags = [(b"desc", desc), (b"cprt", b"text\0\0\0\0none\0"), (b"wtpt", _icc_tag_xyz(0.9642, 1.0, 0.82491)),
+            (b"rXYZ", _icc_tag_xyz(*red)), (b"gXYZ", _icc_tag_xyz(*green)), (b"bXYZ", _icc_tag_xyz(*blue)),
+            (b"rTRC", curve), (b"gTRC", curve), (b"bTRC", curve)]
+    table, body, offset = b"", b"", 128 + 4 + 12 * len(tags)
+    for sig, payload in tags:
+        body += b"\0" * (-len(body) % 4)  # tags start on 4-byte boundaries
+        table += sig + struct.pack(">II", offset + len(body), len(payload))
+        body += payload
+    body += b"\0" * (-len(body) % 4)
+    size = offset + len(body)
+    header = (struct.pack(">I", size) + b"lcms" + struct.pack(">I", 0x02100000) + b"mntrRGB XYZ " + b"\0" * 12
+              + b"acsp" + b"APPL" + b"\0" * 20 + b"\0" * 4 + _icc_tag_xyz(0.9642, 1.0, 0.82491)[8:] + b"lcms"
+              + b"\0" * 44)  # ... flags, maker, model, attributes; intent; D50 illuminant; creator; ID + reserved
+    assert len(header) == 128
+    return header + struct.pack(">I", len(tags)) + table + body
+
+
+def png16_bytes(a16: np.ndarray, *, icc: bytes | None = None) -> bytes:
+    """A 16-bit PNG of ``a16`` (uint16 ``H×W`` gray or ``H×W×3`` RGB), optionally with an ``iCCP`` chunk."""
+    import cv2
+
+    bgr = a16[..., ::-1] if a16.ndim == 3 else a16
+    data = cv2.imencode(".png", np.ascontiguousarray(bgr))[1].tobytes()
+    if icc is None:
+        return data
+    payload = b"icc\0\0" + zlib.compress(icc)  # name, NUL, compression method 0
+    chunk = struct.pack(">I", len(payload)) + b"iCCP" + payload + struct.pack(">I", zlib.crc32(b"iCCP" + payload))
+    return data[:33] + chunk + data[33:]  # right after IHDR (8 + 25 bytes)

@@ -35,15 +35,17 @@ Policy, the same on every path:
   decompression-bomb error), ``too_small`` (a side < ``min_size``), ``aspect_ratio`` (> ``max_aspect_ratio``),
   ``animated`` (when ``animated="skip"``; otherwise the first frame, with ``n_frames`` recorded).
 * Truncated data is rejected as ``truncated`` (JPEG cut short; PNG with chunks or IEND missing); a PNG chunk with
-  a bad CRC is ``corrupt``. ``allow_truncated`` decodes cut files with the missing part filled, recorded as
-  ``truncated_filled``.
+  a bad CRC is ``corrupt``. ``allow_truncated`` decodes cut files (Pillow) with the missing part filled, recorded as
+  ``truncated_filled``; a bad CRC stays ``corrupt``.
 * EXIF orientation (1–8) is applied to the pixels (the same transposes as ``PIL.ImageOps.exif_transpose``).
 * 16-bit images are scaled with rounding, ``(v + 128) // 257``: all 256 output levels are reachable.
 * Alpha (RGBA, LA, palette with tRNS) is composited in sRGB onto ``background`` (neutral grey 128 by default):
   ``out = (rgb·a + bg·(255 − a)) / 255``; ``has_alpha`` is recorded; ``keep_alpha`` also keeps it as a mask.
 * A decoder output that is one solid colour (all-zero included) is cross-checked with an independent decoder
-  (Pillow, or OpenCV when Pillow decoded it); if that one sees varying pixels or another colour (> 8 levels), the
-  sample is skipped as ``suspicious_decode`` (A13). A file that really is one colour passes (a stage may drop it).
+  (Pillow, or OpenCV when Pillow decoded it), whose 16-bit data is scaled as above and whose colours are converted
+  with the same ICC profile when the output was; if that one sees varying pixels or another colour (> 8 levels; only
+  varying pixels when the profile does not apply to its pixels), the sample is skipped as ``suspicious_decode``
+  (A13). A file that really is one colour passes (a stage may drop it).
 * CMYK (with or without the Adobe marker) is converted by Pillow. An embedded ICC profile is converted to sRGB when
   ``icc="convert"`` (``icc_profile`` records the profile's description either way).
 * ``resize="crop"``: the centred square of side min(H, W) is resized to ``resolution``²; ``"pad"``: the image is

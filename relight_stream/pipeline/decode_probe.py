@@ -78,6 +78,11 @@ def check_png(data: bytes) -> int:
         pos = end
 
 
+def png_depth(data: bytes) -> int:
+    """The bit depth from the IHDR chunk (8 when there is none), without walking the rest of the file."""
+    return data[24] if len(data) > 24 and data[12:16] == b"IHDR" else 8
+
+
 def jpeg_complete(data: bytes) -> bool:
     """True when the JPEG ends with an EOI marker (trailing zero padding allowed)."""
     return data.rstrip(b"\x00")[-2:] == b"\xff\xd9"
@@ -119,7 +124,9 @@ def probe(data: bytes, cfg: DecodeConfig, *, ext: str = "") -> tuple[Image.Image
     if n_frames > 1 and cfg.animated == "skip":
         raise DecodeError("animated", f"{n_frames} frames")
     try:
-        orientation = int(im.getexif().get(0x0112, 1) or 1)
+        # Pillow's PNG getexif() decodes every pixel to find an eXIf chunk after IDAT: only ask when there is one
+        has_exif = fmt != "PNG" or "exif" in im.info or b"eXIf" in data
+        orientation = int(im.getexif().get(0x0112, 1) or 1) if has_exif else 1
     except Exception:
         orientation = 1
     orientation = orientation if 1 <= orientation <= 8 else 1
