@@ -10,6 +10,9 @@ Reads INPUTs (folders, CSV/parquet lists, WebDataset tars: :mod:`relight_stream.
   ``--splits`` without re-embedding (RELIABILITY.md C12).
 * ``selected.csv`` (+ ``train/val/test.csv``), ``stats.json`` (:mod:`relight_stream.pipeline.selection`);
 * ``contact_sheet.jpg`` — the top, the images around the cut-off and the bottom;
+* ``score_histogram.png`` — the ranking score of the ``ok`` inputs, selected vs rejected, the cut-off marked
+  (:mod:`relight_stream.pipeline.filter_report`; with the ``verification`` block of ``stats.json`` it replaces the
+  reference's ``verify_filtering.py``);
 * ``embeddings.npy`` with ``--save-embeddings`` — float16 ``[N, D]``, row ``i`` belongs to row ``i`` of
   ``scores.parquet`` (NaN rows for samples without an embedding); ``config.yaml``.
 
@@ -50,6 +53,7 @@ from relight_stream.pipeline.filter_ranks import (
     run_fingerprint,
     wait_and_merge,
 )
+from relight_stream.pipeline.filter_report import score_label, write_histogram
 from relight_stream.pipeline.selection import (  # noqa: F401 (read_scores/write_scores: public here too)
     BASE_COLUMNS,
     contact_sheet,
@@ -187,6 +191,8 @@ def _finish(cfg: FilterConfig, out: Path, df: pd.DataFrame, seed: int, items: di
         log.info("contact sheet: %s (%d thumbnails)", out / "contact_sheet.jpg", n)
     else:
         (out / "contact_sheet.jpg").unlink(missing_ok=True)  # a stale sheet would show another selection
+    write_histogram(out, df["key"], df["status"], ranking_score(df, cfg.scorer), set(sel["key"]), stats["cutoff"],
+                    score_label(df, cfg.scorer))
     log.info("filter done: %d inputs, %d ok, %d skipped, %d failed; %d selected -> %s", stats["inputs"], stats["ok"],
              stats["skipped"], stats["failed"], stats["selected"], out)
 

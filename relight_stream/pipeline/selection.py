@@ -6,7 +6,9 @@ columns — ``scores.parquet`` as written by ``filter``); writes into the output
 * ``selected.csv`` — ``image_path,lighting_score``, best first (the reference pipeline's split-CSV columns,
   so the files are drop-in inputs for ``generate`` and for the reference's own scripts);
 * ``train.csv``, ``val.csv``, ``test.csv`` with ``--splits`` — the same columns, disjoint;
-* ``stats.json`` — counts by status and reason, score quantiles, the cut-off, the split sizes.
+* ``stats.json`` — counts by status and reason, score quantiles, the cut-off, the split sizes and fractions,
+  and the ``verification`` block (selected-vs-rejected summaries, the gap at the cut-off:
+  :mod:`relight_stream.pipeline.filter_report`).
 
 Ranking score per scorer: ``photometric`` → ``photo_score``; ``clip`` → ``head_score`` when a linear head was
 used, else ``clip_score``; ``combined`` → √(``photo_score`` · ``clip_score``) (a geometric mean: an image must do
@@ -16,7 +18,11 @@ Splits: each selected key draws ``u ~ U[0, 1)`` from ``sample_rng(seed, key, "sp
 whose cumulative fraction interval holds it. A key's split therefore depends only on the seed and the key: it
 does not move when the selection is redone with another ``--top``/``--threshold`` (no image changes from test to
 train between re-selections), and it is the same on every machine. Split sizes are binomial around the
-fractions (exact proportions would make every key's split depend on all the others).
+fractions (exact proportions would make every key's split depend on all the others). The price: a small
+selection can leave a split empty (4 keys at 0.8/0.1/0.1 are all ``train`` with probability 0.8⁴ ≈ 0.41). Such a
+split is not filled by moving keys (that would make a key's split depend on the rest of the selection, so a
+re-selection could move an image between splits); instead a WARNING names every split with a non-zero fraction
+that came out empty, and ``stats.json`` records ``split_counts``, ``split_fractions`` and ``empty_splits``.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 from relight_stream.keys import sample_rng
+from relight_stream.pipeline.filter_report import verification
 from relight_stream.pipeline.shard import atomic_write
 
 log = logging.getLogger(__name__)
@@ -108,6 +115,11 @@ def assign_splits(keys: list[str], fractions: tuple[float, ...], seed: int) -> l
     return out
 
 
+def empty_splits(counts: dict[str, int], fractions: tuple[float, ...]) -> list[str]:
+    """Splits asked for (fraction > 0) that hold no key."""
+    return [n for n, f in zip(SPLIT_NAMES, fractions) if f > 0 and counts.get(n, 0) == 0]
+
+
 def image_paths(rows: pd.DataFrame) -> pd.Series:
     """The paths written into the CSVs: the file, or ``tar::member`` for a WebDataset member.
 
@@ -157,12 +169,18 @@ def write_selection(out: Path, df: pd.DataFrame, *, scorer: str, top: int | None
     out.mkdir(parents=True, exist_ok=True)
     score = ranking_score(df, scorer)
     sel, cutoff = select(df, score, top=top, threshold=threshold)
-    split_counts = None
+    split_counts = split_fractions = empty = None
     if splits is not None:
         sel["split"] = assign_splits(sel["key"].tolist(), tuple(splits), seed)
         for name in SPLIT_NAMES:
             write_csv(out / f"{name}.csv", sel[sel["split"] == name])
         split_counts = {n: int((sel["split"] == n).sum()) for n in SPLIT_NAMES}
+        split_fractions = {n: float(f) for n, f in zip(SPLIT_NAMES, splits)}
+        empty = empty_splits(split_counts, tuple(splits))
+        if empty:
+            log.warning("split(s) %s came out empty: %d selected key(s) drawn independently by key hash against "
+                        "fractions %s gave %s; select more images or change --splits/--seed if %s must be non-empty",
+                        ", ".join(empty), len(sel), split_fractions, split_counts, "/".join(empty))
     else:
         for name in SPLIT_NAMES:  # stale split files from an earlier selection in this folder would mislead
             (out / f"{name}.csv").unlink(missing_ok=True)
@@ -176,9 +194,11 @@ def write_selection(out: Path, df: pd.DataFrame, *, scorer: str, top: int | None
         "reasons": {str(k): int(v) for k, v in reasons.items()},
         "scorer": scorer, "top": top, "threshold": threshold, "seed": seed,
         "selected": int(len(sel)), "cutoff": cutoff, "splits": list(splits) if splits else None,
-        "split_counts": split_counts,
+        "split_counts": split_counts, "split_fractions": split_fractions, "empty_splits": empty,
         "ranking_score": quantiles(score[df["status"] == "ok"]),
         "scores": {c: quantiles(df[c]) for c in score_cols if pd.api.types.is_numeric_dtype(df[c])},
+        "verification": verification(score.to_numpy(dtype=float), (df["status"] == "ok").to_numpy(),
+                                     df["key"].isin(set(sel["key"])).to_numpy()),
     }
     neg = top_negative(df)
     if neg is not None:

@@ -80,6 +80,10 @@ def test_photometric_run_records_every_input_ranks_and_splits(folder, files, tmp
     assert (stats["inputs"], stats["ok"], stats["skipped"], stats["failed"]) == (len(files), len(files) - 3, 3, 0)
     assert stats["run"]["inputs"] == len(files)
     assert (out / "contact_sheet.jpg").stat().st_size > 0 and (out / "config.yaml").is_file()
+    ver = stats["verification"]  # the verify_filtering report: 6 selected, the other 6 ok inputs rejected
+    assert (ver["selected"]["count"], ver["rejected"]["count"]) == (6, len(files) - 3 - 6)
+    assert ver["selected"]["min"] == pytest.approx(stats["cutoff"]) and ver["gap_at_cutoff"] >= 0
+    assert Image.open(out / "score_histogram.png").format == "PNG"
 
     # same seed into another folder: identical selection and splits (reproducible)
     out2 = tmp_path / "again"
@@ -119,6 +123,10 @@ def test_from_scores_reselects_without_any_model_or_decode(folder, tmp_path, mon
     before = {r["image_path"]: s for s in ("train", "val", "test") for r in read_csv(first / f"{s}.csv")}
     after = {r["image_path"]: s for s in ("train", "val", "test") for r in read_csv(second / f"{s}.csv")}
     assert after and all(before[p] == s for p, s in after.items())
+    gap = json.loads((second / "stats.json").read_text())["verification"]["gap_at_cutoff"]
+    assert gap == pytest.approx(expect["photo_score"].min() - df.loc[(df["status"] == "ok") & (df["photo_score"] < t),
+                                                                    "photo_score"].max())
+    assert (second / "score_histogram.png").is_file()  # re-selection draws its own plot
     with pytest.raises(ValueError, match="clip_score"):
         run_filter(FilterConfig(from_scores=str(first), out=str(tmp_path / "x"), scorer="clip"), RunConfig())
 
@@ -251,7 +259,7 @@ def test_two_ranks_write_the_same_outputs_as_one_process(folder, files, tmp_path
     for p in procs:
         log_text = p.communicate(timeout=120)[0]
         assert p.returncode == 0, log_text
-    for name in ("selected.csv", "train.csv", "val.csv", "test.csv", "contact_sheet.jpg"):
+    for name in ("selected.csv", "train.csv", "val.csv", "test.csv", "contact_sheet.jpg", "score_histogram.png"):
         assert (two / name).read_bytes() == (one / name).read_bytes(), name
     a, b = (pq.read_table(d / "scores.parquet").to_pandas() for d in (one, two))
     assert len(b) == len(files) and a.equals(b)
