@@ -23,7 +23,8 @@ log = logging.getLogger("relight_stream")
 
 GENERATE_FLAGS = {  # generate's flag -> config key (flags not listed are top-level keys of the same name)
     "resolution": "decode.resolution", "samples_per_shard": "shard.samples_per_shard", "segmenter": "segment.backend",
-    "segmenter_flavor": "segment.flavor", "segmenter_weights": "segment.weights", "depth": "geometry.backend",
+    "segmenter_flavor": "segment.flavor", "segmenter_weights": "segment.weights",
+    "segment_prompt": "segment.prompts", "depth": "geometry.backend",
     "depth_flavor": "geometry.flavor", "depth_weights": "geometry.weights", "albedo": "albedo.method",
     "consistency": "relight.consistency", "overwrite": "shard.overwrite", "new_run": "shard.new_run",
     "keep_alpha": "decode.keep_alpha", "batch_size": "decode.batch_size", "decode_backend": "decode.backend",
@@ -131,10 +132,12 @@ def filter_cmd(ctx, inputs, out, scorer, top, threshold, splits, from_scores, cl
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Output directory for the shards.")
 @click.option("--resolution", type=int, default=None, help="Square output side in pixels.")
 @click.option("--samples-per-shard", type=int, default=None)
-@click.option("--segmenter", type=click.Choice(["classical", "sam2"]), default=None)
-@click.option("--segmenter-flavor", default=None, help="SAM2 size: hiera-t | hiera-s (default) | hiera-b+ | hiera-l | tiny")
+@click.option("--segmenter", type=click.Choice(["classical", "sam2", "sam3"]), default=None)
+@click.option("--segmenter-flavor", default=None,
+              help="sam2: hiera-t | hiera-s (default) | hiera-b+ | hiera-l; sam3: sam3 (default); tiny (tests)")
 @click.option("--segmenter-weights", default=None,
-              help="facebook/sam2.1-hiera-small@<commit> | local .pt | random (untrained; benchmarks)")
+              help="facebook/sam2.1-hiera-small@<commit> | facebook/sam3@<commit> | local | random (benchmarks)")
+@click.option("--segment-prompt", default=None, help="sam3: concepts to segment, e.g. person,dog (default person)")
 @click.option("--depth", type=click.Choice(["classical", "depth-anything", "dpt"]), default=None)
 @click.option("--depth-flavor", default=None, help="s (default) | b | l for depth-anything; hybrid (default) | large for dpt")
 @click.option("--depth-weights", default=None, help="<hf_id>@<commit> | local folder | random (untrained; benchmarks)")
@@ -164,7 +167,9 @@ def generate_cmd(ctx, inputs, config_file, mix, **flags) -> None:
     Reruns skip finished shards.
     """
     flags = {GENERATE_FLAGS.get(name, name): value for name, value in flags.items()}
-    flags.update({"inputs": inputs_or_none(inputs), "relight.mix": parse_mix(mix)})
+    prompt = flags.pop("segment.prompts")
+    flags.update({"inputs": inputs_or_none(inputs), "relight.mix": parse_mix(mix),
+                  "segment.prompts": None if prompt is None else [p.strip() for p in prompt.split(",") if p.strip()]})
     _invoke(ctx, "generate", C.GenerateConfig, config_file, flags)
 
 

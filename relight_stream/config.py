@@ -79,12 +79,17 @@ class ShardConfig:
 class SegmentConfig:
     """Foreground segmentation (``pipeline/segment.py``)."""
 
-    backend: Literal["classical", "sam2"] = "classical"
-    flavor: str = "hiera-s"
-    """SAM 2.1 size: ``hiera-t``, ``hiera-s``, ``hiera-b+``, ``hiera-l``, or ``tiny`` (random weights, tests)."""
+    backend: Literal["classical", "sam2", "sam3"] = "classical"
+    flavor: str | None = None
+    """sam2: ``hiera-t``, ``hiera-s`` (unset), ``hiera-b+``, ``hiera-l``; sam3: ``sam3`` (unset); either: ``tiny``
+    (random weights, tests)."""
     weights: str | None = None
-    """``facebook/sam2.1-hiera-small@<commit>`` (Hugging Face), a local ``.pt``, or ``random`` (untrained, for
-    benchmarks); required for every flavor but ``tiny``."""
+    """``facebook/sam2.1-hiera-small@<commit>`` / ``facebook/sam3@<commit>`` (Hugging Face), a local checkpoint,
+    or ``random`` (untrained, for benchmarks); required for every flavor but ``tiny``."""
+    prompts: tuple[str, ...] = ("person",)
+    """sam3: the concepts to segment (their instances are united), e.g. ``[person, dog]``."""
+    score_threshold: float = 0.5
+    """sam3: an instance counts when its score (detection x presence, 0–1) exceeds this."""
     work_resolution: int = 128
     """Side of the square the classical prior and GrabCut work at; the matte is refined at full resolution."""
     grabcut_iters: int = 2

@@ -22,7 +22,7 @@ from relight_stream.log import warn_once
 
 log = logging.getLogger(__name__)
 
-BUILTIN_KINDS = ("clip", "segmenter", "depth", "vae")
+BUILTIN_KINDS = ("clip", "segmenter", "segmenter_sam3", "depth", "vae")
 _FACTORIES: dict[str, Callable[[], dict[str, EngineSpec]]] = {}
 _SPECS: dict[str, dict[str, EngineSpec]] = {}
 

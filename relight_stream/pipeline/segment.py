@@ -11,6 +11,8 @@ Two backends behind one stage:
 * ``sam2``: the segmenter engine (``create_engine("segmenter", flavor)``) prompted with the union box of the
   subjects found by the same prior plus every face centre as a positive point (eager/compile engines), then
   with one box per subject; the probabilities are united, so all persons are kept consistently.
+* ``sam3``: SAM 3 prompted with text concepts (``segment.prompts``, default ``person``), the union of every kept
+  instance (:mod:`segment_sam3`); an image with no instance is skipped as ``segment:no_instance``.
 
 The same mask serves the input and the target, so no person vanishes from one and stays in the other.
 A mask covering less than ``min_area`` of the image is dropped as ``segment:empty_mask``; one covering more
@@ -31,12 +33,16 @@ from relight_stream.config import RunConfig, SegmentConfig
 from relight_stream.kernels.xp import asnumpy
 from relight_stream.pipeline.engine_batch import call_in_chunks
 from relight_stream.pipeline.geometry import check_engine_args, engine_images
+from relight_stream.pipeline.segment_sam3 import sam3_masks
 from relight_stream.pipeline.stage import Stage, per_sample
 from relight_stream.pipeline.subject_prior import fill_from_fragments, is_scattered, subject_prior
 from relight_stream.sample import SampleBatch
 
 log = logging.getLogger(__name__)
 
+ENGINE_KIND = {"classical": "", "sam2": "segmenter", "sam3": "segmenter_sam3"}
+DEFAULT_FLAVOR = {"classical": "", "sam2": "hiera-s", "sam3": "sam3"}
+"""``segment.flavor`` when unset: SAM 2.1 Hiera-S, SAM 3."""
 MAX_COMPONENTS = 12
 MAX_BORDER_FRACTION = 0.75
 MAX_PROMPTS = 4
@@ -45,6 +51,16 @@ MIN_SCATTERED_SOLIDITY = 0.4
 nose of a close-up cat fail; two people side by side pass)."""
 MAX_FILL_BORDER_FRACTION = 0.95
 """Border limit for a frame-filling subject (see :func:`fill_from_fragments`): it may touch most of the border."""
+
+
+def _engine_batch(stage: Stage, batch: SampleBatch, call: Any) -> None:
+    """Run ``call()``; a whole-batch engine failure records every kept sample as ``segment:error`` (failed)."""
+    try:
+        call()
+    except Exception as exc:
+        log.warning("segmenter engine failed on a batch of %d: %s", len(batch), exc)
+        for i in list(batch.kept()):
+            batch.drop(i, "segment:error", failed=True, detail=f"{type(exc).__name__}: {exc}")
 
 
 def guided_filter(guide_hw: np.ndarray, src_hw: np.ndarray, *, radius: int, eps: float) -> np.ndarray:
@@ -185,8 +201,12 @@ class SegmentStage(Stage):
     writes = ("mask_BHW",)
 
     def __init__(self, cfg: SegmentConfig, run: RunConfig | None = None) -> None:
-        if cfg.backend not in ("classical", "sam2"):
-            raise ValueError(f"segment.backend must be classical or sam2, got {cfg.backend!r}")
+        if cfg.backend not in ENGINE_KIND:
+            raise ValueError(f"segment.backend must be classical, sam2 or sam3, got {cfg.backend!r}")
+        if cfg.backend == "sam3" and (not cfg.prompts or not all(p.strip() for p in cfg.prompts)
+                                      or not 0 <= cfg.score_threshold <= 1):
+            raise ValueError(f"segment: sam3 needs non-empty prompts and 0 <= score_threshold <= 1, got "
+                             f"{cfg.prompts}, {cfg.score_threshold}")
         if cfg.work_resolution < 32 or cfg.grabcut_iters < 1:
             raise ValueError(f"segment: need work_resolution >= 32 and grabcut_iters >= 1, got "
                              f"{cfg.work_resolution}, {cfg.grabcut_iters}")
@@ -195,20 +215,26 @@ class SegmentStage(Stage):
         self.cfg = cfg
         self.run = run or RunConfig()
         self.engine: Any = None
-        if cfg.backend == "sam2":
-            check_engine_args("segmenter", cfg.flavor, cfg.weights)
+        if cfg.backend != "classical":
+            check_engine_args(ENGINE_KIND[cfg.backend], self.engine_flavor, cfg.weights)
+
+    @property
+    def engine_flavor(self) -> str:
+        """The engine flavor: ``segment.flavor``, or the backend's default (SAM 2.1 ``hiera-s``, ``sam3``)."""
+        return self.cfg.flavor or DEFAULT_FLAVOR[self.cfg.backend]
 
     def setup(self) -> None:
-        if self.cfg.backend == "sam2" and self.engine is None:
+        if self.cfg.backend != "classical" and self.engine is None:
             from relight_stream.engines import create_engine
 
-            self.engine = create_engine("segmenter", self.cfg.flavor, weights=self.cfg.weights,
+            self.engine = create_engine(ENGINE_KIND[self.cfg.backend], self.engine_flavor, weights=self.cfg.weights,
                                         device=self.run.device)
 
     def describe(self) -> str:
         if self.cfg.backend == "classical":
             return f"classical: Haar+saliency+centre prior -> GrabCut@{self.cfg.work_resolution} -> guided matte"
-        return f"sam2 flavor={self.cfg.flavor} weights={self.cfg.weights or 'random'}"
+        what = f"{self.cfg.backend} flavor={self.engine_flavor} weights={self.cfg.weights or 'random'}"
+        return what + (f" prompts={','.join(self.cfg.prompts)}" if self.cfg.backend == "sam3" else "")
 
     def process(self, batch: SampleBatch) -> SampleBatch:
         rgb = asnumpy(batch["rgb_BHW3"])
@@ -216,6 +242,9 @@ class SegmentStage(Stage):
         masks = np.zeros((B, H, W), np.float32)
         batch["mask_BHW"] = masks
         priors: dict[int, Any] = {}
+        if self.cfg.backend == "sam3":  # text prompts: no prior needed
+            _engine_batch(self, batch, lambda: sam3_masks(self, batch))
+            return self._verdicts(batch, masks)
 
         cascades = ("frontal",) if self.cfg.backend == "sam2" else ("frontal", "profile", "cat")
 
@@ -224,15 +253,14 @@ class SegmentStage(Stage):
 
         per_sample(self, batch, prior_of, parallel=True)
         if self.cfg.backend == "sam2":
-            try:
-                self._sam2(batch, rgb, priors)
-            except Exception as exc:  # a whole-batch engine failure: every sample is recorded as failed
-                log.warning("segmenter engine failed on a batch of %d: %s", len(batch), exc)
-                for i in list(batch.kept()):
-                    batch.drop(i, "segment:error", failed=True, detail=f"{type(exc).__name__}: {exc}")
+            _engine_batch(self, batch, lambda: self._sam2(batch, rgb, priors))
         else:
             per_sample(self, batch, lambda i: self._classical(batch, rgb[i], priors[i], i), check=self.writes,
                        parallel=True)
+        return self._verdicts(batch, masks)
+
+    def _verdicts(self, batch: SampleBatch, masks: np.ndarray) -> SampleBatch:
+        """Drop the kept samples whose mask is empty or implausible (see :func:`plausibility`)."""
         verdicts: dict[int, tuple[str | None, dict[str, float]]] = {}
 
         def verdict(i: int) -> None:
@@ -251,7 +279,7 @@ class SegmentStage(Stage):
     def _record(self, batch: SampleBatch, i: int, prior: Any) -> None:
         batch.meta[i]["segment"] = {
             "backend": self.cfg.backend,
-            "model": None if self.cfg.backend == "classical" else {"flavor": self.cfg.flavor,
+            "model": None if self.cfg.backend == "classical" else {"flavor": self.engine_flavor,
                                                                   "weights": self.cfg.weights},
             "faces": prior.faces,
             "boxes": prior.boxes,
