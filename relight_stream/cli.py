@@ -286,7 +286,7 @@ def bench_cmd(ctx, target, tiny, json_only, compare, backend, precision, batch_s
 
 
 @cli.command("build-engines")
-@click.option("--kind", default=None, help="clip | segmenter | depth | vae")
+@click.option("--kind", default=None, help="clip | segmenter | segmenter_sam3 | depth | vae")
 @click.option("--flavor", default=None, help="tiny | ... (see the engine registry)")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Engine cache directory.")
 @click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default=None)

@@ -158,6 +158,9 @@ def resolve_source(model: str) -> tuple[str, str | None]:
     if Path(model).expanduser().is_dir():
         return str(Path(model).expanduser()), None
     repo, _, rev = model.partition("@")
+    if "flux" in repo.lower():
+        raise ValueError(f"--model {model!r}: Flux is not supported (the reference listed it as experimental and its "
+                         "trainer never ran); use sd15, sdxl or an SD1.5/SDXL-family id or folder")
     if repo.count("/") != 1:
         raise ValueError(f"--model {model!r}: not tiny|tiny-sdxl|sd15|sdxl, an existing folder, or an 'org/name' id")
     if not rev:

@@ -49,6 +49,9 @@ def test_model_sources_are_pinned_or_explicit(tmp_path):
     assert M.resolve_source("org/name@abc123") == ("org/name", "abc123")
     with pytest.raises(ValueError, match="not tiny"):
         M.resolve_source("no-such-thing")
+    for flux in ("flux", "black-forest-labs/FLUX.1-Kontext-dev@abc"):  # the reference's experimental row
+        with pytest.raises(ValueError, match="Flux is not supported"):
+            M.resolve_source(flux)
 
 
 def test_conditioning_dropout_is_5_5_5_percent():
