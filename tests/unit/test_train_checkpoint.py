@@ -87,7 +87,8 @@ def test_missing_or_corrupt_rng_states_warn_drop_data_position_or_refuse(acceler
                                 rank_state={"data_pos": {0: 3}, "batches_done": 7}, total_limit=None)
     with caplog.at_level(logging.WARNING, logger=ckpt.__name__):
         _, rank_state = ckpt.load_checkpoint(accelerator, path, world=1, num_workers=0)
-    assert rank_state["data_pos"] == {0: 3} and not caplog.records  # intact: an exact resume, nothing to say
+    warned = [r for r in caplog.records if r.levelno >= logging.WARNING]  # earlier tests may leave INFO enabled
+    assert rank_state["data_pos"] == {0: 3} and not warned  # intact: an exact resume, nothing to say
 
     _break_rng_file(path, how)
     torch.rand(3)  # move the global RNG away from the saved state
