@@ -59,6 +59,9 @@ class InputItem:
         offset: Byte offset of the member data inside the tar (-1 for plain files).
         size: Size in bytes (-1 when unknown or missing).
         mtime_ns: Modification time of the file (or of the tar) in ns; 0 when unknown.
+        ctime_ns: Status-change time in ns (0 when unknown): a file replaced by a copy that keeps its size and
+            mtime (``cp -p``, ``rsync -t``) still gets a new ctime, so resume notices it (RELIABILITY B8). A
+            ``chmod``/``chown`` of the inputs changes it too and then needs ``--new-run``.
         ext: Lowercased extension of the image (``png``), "" when none.
         missing: Reason code when the item cannot be read at all (``missing_component``, ``missing_file``).
         extra: Extra columns of a list row (JSON-able), or ``None``.
@@ -70,6 +73,7 @@ class InputItem:
     offset: int = -1
     size: int = -1
     mtime_ns: int = 0
+    ctime_ns: int = 0
     ext: str = ""
     missing: str | None = None
     extra: dict[str, Any] | None = None
@@ -92,11 +96,17 @@ class InputItem:
         return data
 
     def token(self) -> str:
-        """What the input fingerprint hashes for this item (path, size, mtime: not the contents)."""
-        return f"{self.key}\t{self.source}\t{self.member}\t{self.offset}\t{self.size}\t{self.mtime_ns}\t{self.missing}"
+        """What the input fingerprint hashes for this item (path, size, mtime, ctime: not the contents)."""
+        return (f"{self.key}\t{self.source}\t{self.member}\t{self.offset}\t{self.size}\t{self.mtime_ns}\t"
+                f"{self.ctime_ns}\t{self.missing}")
 
     def describe_source(self) -> str:
         return f"{self.source}::{self.member}" if self.member else self.source
+
+
+def stat_times(st: os.stat_result) -> dict[str, int]:
+    """``InputItem``'s ``mtime_ns`` and ``ctime_ns`` from a stat result."""
+    return {"mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns}
 
 
 @dataclass(slots=True)
@@ -193,7 +203,7 @@ def scan_folder(root: str, ignored: Counter) -> list[InputItem]:
             ignored["not_image"] += 1
             continue
         st = entry.stat(follow_symlinks=False)
-        items.append(InputItem(key_from_relpath(rel), entry.path, size=st.st_size, mtime_ns=st.st_mtime_ns, ext=ext))
+        items.append(InputItem(key_from_relpath(rel), entry.path, size=st.st_size, **stat_times(st), ext=ext))
     return items
 
 
@@ -243,7 +253,7 @@ def scan_list(path: str) -> list[InputItem]:
             continue
         try:
             st = os.stat(p)
-            items.append(InputItem(key, p, size=st.st_size, mtime_ns=st.st_mtime_ns, ext=_ext(p), extra=extra))
+            items.append(InputItem(key, p, size=st.st_size, **stat_times(st), ext=_ext(p), extra=extra))
         except OSError:
             items.append(InputItem(key, p, ext=_ext(p), missing="missing_file", extra=extra))
     return items
@@ -288,7 +298,7 @@ def discover(inputs: Iterable[str]) -> tuple[list[InputItem], dict[str, int], li
                 raise ValueError(f"unsupported input file {spec!r} (not an image, .tar, .csv or .parquet)")
             st = os.stat(spec)
             key = key_from_relpath(os.path.basename(spec))
-            items.append(InputItem(key, spec, size=st.st_size, mtime_ns=st.st_mtime_ns, ext=ext))
+            items.append(InputItem(key, spec, size=st.st_size, **stat_times(st), ext=ext))
         else:
             raise ValueError(f"input not found: {spec}")
     if not items:

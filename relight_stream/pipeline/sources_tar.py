@@ -15,7 +15,7 @@ import tarfile
 from collections import Counter
 
 from relight_stream.keys import sanitize_key
-from relight_stream.pipeline.sources import IMAGE_EXTS, InputItem, _open
+from relight_stream.pipeline.sources import IMAGE_EXTS, InputItem, _open, stat_times
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +43,10 @@ def scan_tar(url: str, ignored: Counter, partial: list[str]) -> list[InputItem]:
         import fsspec
 
         fs, p = fsspec.core.url_to_fs(url)
-        total, mtime = int(fs.size(p)), 0
+        total, times = int(fs.size(p)), {}
     else:
         st = os.stat(url)
-        total, mtime = st.st_size, st.st_mtime_ns
+        total, times = st.st_size, stat_times(st)
     items: list[InputItem] = []
     if total == 0:
         log.warning("input tar %s is empty", url)
@@ -62,10 +62,10 @@ def scan_tar(url: str, ignored: Counter, partial: list[str]) -> list[InputItem]:
         key = sanitize_key(cur_key)
         suffix = _pick_image(cur)
         if suffix is None:
-            items.append(InputItem(key, url, member=f"{cur_key}.*", mtime_ns=mtime, missing="missing_component"))
+            items.append(InputItem(key, url, member=f"{cur_key}.*", **times, missing="missing_component"))
             return
         ti = cur[suffix]
-        items.append(InputItem(key, url, member=ti.name, offset=ti.offset_data, size=ti.size, mtime_ns=mtime,
+        items.append(InputItem(key, url, member=ti.name, offset=ti.offset_data, size=ti.size, **times,
                                ext=suffix.rsplit(".", 1)[-1]))
 
     with _open(url) as f:

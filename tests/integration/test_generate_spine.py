@@ -138,6 +138,21 @@ def test_b8_an_input_replaced_between_runs_is_detected(photos_dir, tmp_path):
         _gen([photos_dir], out)
 
 
+def test_b8_a_copy_that_keeps_size_and_mtime_is_still_detected(photos_dir, tmp_path):
+    out = tmp_path / "out"
+    assert _gen([photos_dir], out) == 0
+    p = photos_dir / "00000" / "00001.png"
+    st = p.stat()
+    other = bytearray(p.read_bytes())
+    other[-20] ^= 0xFF  # same size, other bytes: what `cp -p` or `rsync -t` of another file leaves behind
+    time.sleep(0.01)
+    p.write_bytes(bytes(other))
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))  # mtime restored; only the ctime tells
+    assert (p.stat().st_size, p.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    with pytest.raises(ValueError, match="input files changed"):
+        _gen([photos_dir], out)
+
+
 def test_c7_two_ranks_killed_then_three_ranks_equal_one_rank(photos_dir, tmp_path, monkeypatch):
     ref, out = tmp_path / "ref", tmp_path / "out"
     assert _gen([photos_dir], ref, sps=2) == 0
