@@ -8,6 +8,7 @@ Hugging Face library at import time, so ``--offline`` takes effect before the fi
 
 from __future__ import annotations
 
+import errno
 import importlib
 import importlib.util
 import logging
@@ -16,8 +17,8 @@ from typing import Any, Callable
 import click
 
 from relight_stream import config as C
-from relight_stream.cli_options import (NotImplementedYet, RunError, apply_offline, config_option, dry_run_option,
-                                        inputs_or_none, parse_floats, parse_mix)
+from relight_stream.cli_options import (NotImplementedYet, RunError, RunFailed, apply_offline, config_option,
+                                        dry_run_option, inputs_or_none, parse_floats, parse_mix)
 
 log = logging.getLogger("relight_stream")
 
@@ -67,6 +68,11 @@ def _invoke(ctx: click.Context, command: str, cls: type, config_file: str | None
         code = func(cfg, run)
     except ValueError as exc:
         raise RunError(str(exc)) from exc
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):  # disk full: a message, not a traceback (C4)
+            raise
+        raise RunFailed(f"{exc.strerror or exc}; nothing partial was committed, rerun to resume once there is "
+                        "space") from exc
     except RuntimeError as exc:
         from relight_stream.pipeline.runner import StageSetupError
 
@@ -139,7 +145,8 @@ def filter_cmd(ctx, inputs, out, scorer, top, threshold, splits, from_scores, cl
               help="facebook/sam2.1-hiera-small@<commit> | facebook/sam3@<commit> | local | random (benchmarks)")
 @click.option("--segment-prompt", default=None, help="sam3: concepts to segment, e.g. person,dog (default person)")
 @click.option("--depth", type=click.Choice(["classical", "depth-anything", "dpt"]), default=None)
-@click.option("--depth-flavor", default=None, help="s (default) | b | l for depth-anything; hybrid (default) | large for dpt")
+@click.option("--depth-flavor", default=None,
+              help="s (default) | b | l for depth-anything; hybrid (default) | large for dpt")
 @click.option("--depth-weights", default=None, help="<hf_id>@<commit> | local folder | random (untrained; benchmarks)")
 @click.option("--albedo", type=click.Choice(["retinex", "lab", "intrinsic"]), default=None, help="Albedo method.")
 @click.option("--mix", default=None, help="Degradation weights, e.g. soft=0.4,shadow=0.3,pattern=0.3")

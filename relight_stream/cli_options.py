@@ -25,6 +25,12 @@ class NotImplementedYet(click.ClickException):
         super().__init__(f"`relight-stream {command}` is not implemented yet{': ' + detail if detail else ''}")
 
 
+class RunFailed(click.ClickException):
+    """A run that stopped on an environment fault it cannot work around (disk full): a clear message, exit 1."""
+
+    exit_code = 1
+
+
 class RunError(click.ClickException):
     """A bad run (config, inputs, unavailable backend): a clear message and exit code 2."""
 

@@ -303,3 +303,27 @@ def test_f2_a_bad_config_key_names_the_closest_one_and_a_stage_that_cannot_load_
     with pytest.raises(StageSetupError, match="nomodel"):
         _gen([photos_dir], tmp_path / "o2", stages=[NoModel()])
     assert not list((tmp_path / "o2").glob("shard-*"))
+
+
+def test_c4_disk_full_from_the_cli_is_a_clear_message_and_commits_nothing(photos_dir, tmp_path, monkeypatch):
+    import errno
+    import io
+
+    from click.testing import CliRunner
+
+    from relight_stream.cli import cli
+    from relight_stream.pipeline import shard as S
+
+    class TinyDisk(io.FileIO):  # a file system with 4 KiB free
+        def write(self, data):
+            if self.tell() + len(data) > 4096:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return super().write(data)
+
+    monkeypatch.setattr(S, "open", lambda path, mode="rb": TinyDisk(path, mode.replace("b", "")), raising=False)
+    out = tmp_path / "out"
+    res = CliRunner().invoke(cli, ["--device", "cpu", "generate", str(photos_dir), "--out", str(out), "--resolution",
+                                   "64", "--workers", "1"])
+    assert res.exit_code == 1, res.output
+    assert "disk full at" in res.output and "shard-000000.tar" in res.output and "Traceback" not in res.output
+    assert not list(out.glob("shard-*.tar")) and not list(out.glob("*.tmp-*"))
