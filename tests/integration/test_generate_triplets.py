@@ -125,6 +125,15 @@ def test_shards_load_with_hf_datasets(classical_run: Path) -> None:
     assert len(ds) == len(_samples(classical_run))
     row = ds[0]
     assert {"input.jpg", "target.jpg", "instruction.txt", "meta.json"} <= set(row)
+    # The README's export for the diffusers example script (its default column names), loaded as it loads data
+    export = classical_run.parent / "hf-export"
+    ds = ds.select_columns(["input.jpg", "instruction.txt", "target.jpg"]).rename_columns(
+        {"input.jpg": "input_image", "instruction.txt": "edit_prompt", "target.jpg": "edited_image"})
+    ds.to_parquet(str(export / "train.parquet"))
+    loaded = datasets.load_dataset(str(export), cache_dir=str(classical_run.parent / "hf-cache"))["train"]
+    first = loaded[0]
+    assert loaded.column_names == ["input_image", "edit_prompt", "edited_image"] and len(loaded) == len(ds)
+    assert first["input_image"].size == first["edited_image"].size and first["edit_prompt"] == row["instruction.txt"]
 
 
 def test_neural_backends_with_tiny_random_weights(inputs, tmp_path: Path) -> None:
