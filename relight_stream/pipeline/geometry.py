@@ -31,7 +31,7 @@ from relight_stream.kernels.normals import normals_from_depth, normals_from_mask
 from relight_stream.kernels.xp import asnumpy, get_xp, has_cupy
 from relight_stream.log import warn_once
 from relight_stream.pipeline.engine_batch import call_in_chunks
-from relight_stream.pipeline.stage import Stage, per_sample
+from relight_stream.pipeline.stage import NonFiniteOutput, Stage, per_sample
 from relight_stream.sample import SampleBatch
 
 log = logging.getLogger(__name__)
@@ -138,13 +138,16 @@ def normalise_depth(raw_hw: Any, mask_hw: Any) -> Any:
     """Relative depth (larger = nearer) rescaled to [0, 1] over the foreground (1st–99th percentile), 0 outside.
 
     Raises:
-        ValueError: the foreground has no depth range (flat or non-finite output).
+        NonFiniteOutput: the engine's map has a NaN/inf anywhere (``geometry:nonfinite_output``, C9).
+        ValueError: the foreground is empty (under 16 pixels) or has no depth range (flat output).
     """
     xp = get_xp(raw_hw)
+    if not bool(xp.isfinite(raw_hw).all()):
+        raise NonFiniteOutput("depth_BHW", "depth engine output is non-finite")
     inside = mask_hw > 0.5
     vals = raw_hw[inside]
-    if vals.size < 16 or not bool(xp.isfinite(vals).all()):
-        raise ValueError("depth output is empty or non-finite over the foreground")
+    if vals.size < 16:
+        raise ValueError(f"depth output has an empty foreground ({vals.size} pixels)")
     lo, hi = (float(v) for v in xp.percentile(vals, xp.asarray([1.0, 99.0])))
     if not hi - lo > 1e-8:
         raise ValueError(f"depth output is flat over the foreground ({lo:.3g})")

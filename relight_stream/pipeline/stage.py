@@ -3,7 +3,7 @@
 A stage declares the batch fields it ``reads`` and ``writes``; the runner checks them once when the pipeline
 is built. ``process`` must not raise for a bad sample: it drops it with a reason code. :func:`per_sample`
 runs a per-sample function under that rule, turning an exception into a ``failed`` record and a non-finite
-result into ``<stage>:nonfinite_output``.
+result (or a :class:`NonFiniteOutput` raised by the function) into ``<stage>:nonfinite_output``.
 """
 
 from __future__ import annotations
@@ -27,6 +27,20 @@ NUM_THREADS = int(os.environ.get("RELIGHT_THREADS", 0)) or cores_per_rank()
 
 _POOL: tuple[int, ThreadPoolExecutor] | None = None
 _POOL_LOCK = threading.Lock()
+
+
+class NonFiniteOutput(FloatingPointError):
+    """A model or kernel produced NaN/inf for one sample; :func:`per_sample` records ``<stage>:nonfinite_output``.
+
+    Raise it where a non-finite intermediate would otherwise fail later as a generic error (RELIABILITY C9).
+
+    Attributes:
+        field: The output that was not finite (a batch field name such as ``depth_BHW``), the record's detail.
+    """
+
+    def __init__(self, field: str, message: str = "") -> None:
+        super().__init__(message or f"non-finite {field}")
+        self.field = field
 
 
 class Stage:
@@ -126,7 +140,8 @@ def _caller_device() -> Callable[[], Any] | None:
 
 def per_sample(stage: Stage, batch: SampleBatch, fn: Callable[[int], None], *, check: tuple[str, ...] = (),
                parallel: bool = False) -> None:
-    """Run ``fn(i)`` for every kept sample; an exception drops that sample as ``<stage>:error``.
+    """Run ``fn(i)`` for every kept sample; an exception drops that sample as ``<stage>:error``, a
+    :class:`NonFiniteOutput` as ``<stage>:nonfinite_output`` (detail: its field).
 
     Args:
         stage: The calling stage (its name prefixes the reasons).
@@ -161,7 +176,10 @@ def per_sample(stage: Stage, batch: SampleBatch, fn: Callable[[int], None], *, c
         if i in errors:
             exc = errors[i]
             log.debug("stage %s failed on %s: %r", stage.name, batch.keys[i], exc)
-            batch.drop(i, f"{stage.name}:error", failed=True, detail=f"{type(exc).__name__}: {exc}")
+            if isinstance(exc, NonFiniteOutput):
+                batch.drop(i, f"{stage.name}:nonfinite_output", failed=True, detail=exc.field)
+            else:
+                batch.drop(i, f"{stage.name}:error", failed=True, detail=f"{type(exc).__name__}: {exc}")
             continue
         for name in check:
             if name in batch and not is_finite(batch[name][i]):

@@ -81,3 +81,29 @@ def test_torch_input_from_gpu_decode_is_accepted() -> None:
     batch["rgb_BHW3"], batch["mask_BHW"] = torch.from_numpy(rgb[None].copy()), mask[None]
     out = AlbedoStage(AlbedoConfig()).process(batch)
     np.testing.assert_allclose(out["albedo_BHW3"][0], _run(rgb, mask)["albedo_BHW3"][0], atol=1e-6)
+
+
+@pytest.mark.parametrize("work_resolution", [64, 32])  # full-resolution and reduced-resolution shading paths
+def test_nonfinite_albedo_is_dropped_as_nonfinite_output(monkeypatch, work_resolution: int) -> None:
+    """C9: a kernel returning NaN for one sample drops only it, as ``albedo:nonfinite_output``."""
+    import relight_stream.pipeline.albedo as A
+
+    rgb, mask, _ = _shaded_disk(64)
+    batch = SampleBatch(keys=["a", "b", "c"])
+    batch["rgb_BHW3"], batch["mask_BHW"] = np.repeat(rgb[None], 3, 0), np.repeat(mask[None], 3, 0)
+    batch["mask_BHW"][1, 0, 0] = 1.0  # marks sample b for the poisoned kernel
+    real = A.estimate_albedo
+
+    def estimate_albedo(lin, mask_hw, **kw):
+        alb, shading = real(lin, mask_hw, **kw)
+        if mask_hw[0, 0] > 0:
+            alb, shading = alb * np.float32(np.nan), shading * np.float32(np.nan)
+        return alb, shading
+
+    monkeypatch.setattr(A, "estimate_albedo", estimate_albedo)
+    batch = AlbedoStage(AlbedoConfig(work_resolution=work_resolution)).process(batch)
+    assert batch.drop_reason == [None, "albedo:nonfinite_output", None]
+    assert batch.status(1) == "failed" and batch.meta[1]["drop_detail"] == "albedo_BHW3"
+    clean = _run(rgb, mask, work_resolution=work_resolution)["albedo_BHW3"][0]
+    for i in (0, 2):
+        np.testing.assert_array_equal(batch["albedo_BHW3"][i], clean)

@@ -130,3 +130,55 @@ def test_a_full_size_model_without_weights_is_a_bad_run_and_random_weights_warn(
         SegmentStage(SegmentConfig(backend="sam2", flavor="tiny"))  # the test model
     warned = " ".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
     assert "depth midas-dpt-hybrid: random weights" in warned and "segmenter tiny: random weights" in warned
+
+
+def test_nonfinite_depth_engine_output_is_dropped_as_nonfinite_output(photos) -> None:
+    """C9: a depth engine returning NaN for one sample drops only that one, as ``geometry:nonfinite_output``."""
+    pytest.importorskip("transformers")
+    import torch
+
+    torch.set_num_threads(1)
+    img = cv2.resize(photos["coffee"][:, 100:500], (64, 64), interpolation=cv2.INTER_AREA)
+    batch = SampleBatch(keys=["a", "b", "c"])
+    batch["rgb_BHW3"] = np.repeat(img[None], 3, 0)
+    batch["rgb_BHW3"][1, 0, 0] = (1, 2, 3)  # marks sample b for the poisoned engine
+    batch["mask_BHW"] = np.repeat(_disk_batch(64)["mask_BHW"], 3, 0)
+    stage = GeometryStage(GeometryConfig(backend="depth-anything", flavor="tiny"), RunConfig(device="cpu"))
+    stage.setup()
+    real = stage.engine
+    marker = torch.tensor([1, 2, 3], dtype=torch.float32) / 255.0
+
+    def poisoned(images):  # the real tiny engine; rows of the marked image come back NaN (an fp16 overflow)
+        out = real(images)
+        for j in range(images.shape[0]):
+            if torch.allclose(images[j, :, 0, 0].cpu(), marker):
+                out[j] = float("nan")
+        return out
+
+    stage.engine = poisoned
+    stage.process(batch)
+    assert batch.drop_reason == [None, "geometry:nonfinite_output", None]
+    assert batch.status(1) == "failed" and batch.meta[1]["drop_detail"] == "depth_BHW"
+    for i in (0, 2):
+        assert np.isfinite(batch["depth_BHW"][i]).all() and batch["depth_BHW"][i].max() > 0.5
+        assert batch.meta[i]["geometry"]["model"]["flavor"] == "tiny"
+
+
+def test_normalise_depth_tells_nonfinite_from_empty_and_flat() -> None:
+    from relight_stream.pipeline.stage import NonFiniteOutput
+
+    mask = np.zeros((32, 32), np.float32)
+    mask[8:24, 8:24] = 1.0
+    raw = np.random.default_rng(0).random((32, 32)).astype(np.float32)
+    for bad in (np.nan, np.inf):
+        poisoned = raw.copy()
+        poisoned[0, 0] = bad  # outside the mask: still a broken model output
+        with pytest.raises(NonFiniteOutput) as err:
+            normalise_depth(poisoned, mask)
+        assert err.value.field == "depth_BHW"
+    with pytest.raises(ValueError, match="empty foreground"):
+        normalise_depth(raw, np.zeros_like(mask))
+    with pytest.raises(ValueError, match="flat"):
+        normalise_depth(np.ones_like(raw), mask)
+    d = normalise_depth(raw, mask)
+    assert d.dtype == np.float32 and d[mask == 0].max() == 0.0 and d.max() == pytest.approx(1.0)

@@ -114,3 +114,37 @@ def test_meta_record_reproduces_the_render() -> None:
                                   batch["mask_BHW"][i], rec)
         again = linear_to_srgb_u8(composite(tonemap(relit * np.float32(rec["exposure"])), batch["mask_BHW"][i]))
         assert np.abs(again.astype(int) - batch["input_BHW3"][i]).max() <= 1
+
+
+def test_nonfinite_shading_or_relit_is_dropped_as_nonfinite_output(monkeypatch) -> None:
+    """C9: NaN shading (a broken kernel) or an inf relit image drops only that sample as
+    ``relight:nonfinite_output``; the other samples come out exactly as in a clean run."""
+    import relight_stream.pipeline.relight as R
+
+    clean = _relight(_batch(n=64, b=3))
+    real_draw, real_render = RelightStage.draw, R.render_shading
+
+    def draw(self, key, depth_scale, stream="relight"):  # tags the lights of img1 for the poisoned kernel
+        return {**real_draw(self, key, depth_scale, stream), "_poison": key == "img1"}
+
+    def render_shading(n, d, params):
+        sh, spec = real_render(n, d, params)
+        return (sh * np.float32(np.nan), spec) if params.get("_poison") else (sh, spec)
+
+    monkeypatch.setattr(RelightStage, "draw", draw)
+    monkeypatch.setattr(R, "render_shading", render_shading)
+    batch = _relight(_batch(n=64, b=3))
+    assert batch.drop_reason == [None, "relight:nonfinite_output", None]
+    assert batch.status(1) == "failed" and batch.meta[1]["drop_detail"] == "shading_BHW3"
+    assert "relight" not in batch.meta[1]
+    for i in (0, 2):
+        assert np.array_equal(batch["input_BHW3"][i], clean["input_BHW3"][i])
+        assert np.array_equal(batch["shading_BHW3"][i], clean["shading_BHW3"][i])
+
+    monkeypatch.undo()
+    batch = _batch(n=64, b=3)
+    batch["albedo_BHW3"][2, 30:34, 30:34] = np.inf  # finite shading, non-finite relit image
+    batch = _relight(batch)
+    assert batch.drop_reason == [None, None, "relight:nonfinite_output"]
+    assert batch.meta[2]["drop_detail"] == "input_BHW3"
+    assert np.array_equal(batch["input_BHW3"][:2], clean["input_BHW3"][:2])
