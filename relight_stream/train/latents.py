@@ -9,17 +9,21 @@ shard of the same name under ``OUT`` whose samples hold (float16 ``.npy``):
 * ``embeds.npy`` (``77 D``) and, for SDXL, ``pooled.npy`` — the instruction's text embeddings;
 * ``instruction.txt`` and ``meta.json`` carried over.
 
-plus ``latents.json`` (model, resolution, kind, scaling factor, counts). The VAE is half the training FLOPs at
-512² (FACTS.md §2), so training from this cache is the largest speed-up. A sample whose latents are not finite
-(an fp16 VAE overflowing) is dropped with its key named (RELIABILITY.md E6). Shards are written to a temporary
-name and renamed; a rerun skips the shards already done; rank k of a launcher takes input shards k, k+world, ….
+plus ``latents.json`` (model, resolution, kind, scaling factor, and the drops: ``drops`` {reason: count},
+``dropped`` {reason: [key, ...]} over the shards written, per shard under ``shards``). The VAE is half the
+training FLOPs at 512² (FACTS.md §2), so training from this cache is the largest speed-up. A sample whose latents
+are not finite (an fp16 VAE overflowing) is dropped as ``cache:nonfinite_latent``, each key logged at WARNING
+(RELIABILITY.md E6). Shards are written to a temporary name and renamed; a rerun skips the shards already done
+(their drop records are kept); rank k of a launcher takes input shards k, k+world, ….
 """
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import logging
+from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -40,6 +44,54 @@ from relight_stream.train.model import (
 from relight_stream.train.step import to_unit
 
 log = logging.getLogger(__name__)
+
+NONFINITE = "cache:nonfinite_latent"
+NONFINITE_ADVICE = "non-finite VAE/text output: use a bf16 or fp32 VAE (an fp16 VAE overflows)"
+
+
+class _Drops(DropCounter):
+    """A :class:`DropCounter` that also keeps the dropped keys of the current shard, and logs every non-finite
+    latent (rare by nature, and each key must be named), not only the first and every 100th."""
+
+    def __init__(self) -> None:
+        super().__init__(every=100, logger=log)
+        self.keys: defaultdict[str, list[str]] = defaultdict(list)
+
+    def record(self, reason: str, key: str, detail: str | None = None) -> None:
+        self.keys[reason].append(key)
+        if reason == NONFINITE:
+            self.counts[reason] += 1
+            self.log.warning("dropped %s: %s (%s) [%d so far]", key, reason, detail, self.counts[reason])
+        else:
+            super().record(reason, key, detail)
+
+    def take_shard(self) -> dict[str, Any]:
+        """This shard's record (``drops`` counts, ``dropped`` keys); starts the next shard's."""
+        rec = {"drops": {r: len(k) for r, k in sorted(self.keys.items())}, "dropped": dict(sorted(self.keys.items()))}
+        self.keys = defaultdict(list)
+        return rec
+
+
+def _update_info(path: Path, update: dict[str, Any] | None = None, shard: tuple[str, dict] | None = None) -> None:
+    """Read-modify-write ``latents.json`` under a lock (ranks write it concurrently): set ``update``'s fields,
+    add one shard's drop record, and recompute the totals ``drops``/``dropped`` over the shards recorded."""
+    with open(path.with_name(".latents.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        info = json.loads(path.read_text()) if path.is_file() else {}
+        info.update(update or {})
+        shards = info.setdefault("shards", {})
+        if shard is not None:
+            shards[shard[0]] = shard[1]
+        drops: dict[str, int] = defaultdict(int)
+        dropped: dict[str, list[str]] = defaultdict(list)
+        for name in sorted(shards):
+            for reason, keys in shards[name].get("dropped", {}).items():
+                drops[reason] += len(keys)
+                dropped[reason] += keys
+        info["drops"], info["dropped"] = dict(sorted(drops.items())), dict(sorted(dropped.items()))
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(info, indent=1))
+        tmp.replace(path)
 
 
 def _npy(arr: np.ndarray) -> bytes:
@@ -129,30 +181,34 @@ def run_cache_latents(cfg: CacheLatentsConfig, run: RunConfig) -> int:
             "scaling_factor": model.scaling_factor, "dtype": "float16", "source": model.source,
             "revision": model.revision}
     if rank == 0:
-        info_path.write_text(json.dumps(info, indent=1))
-    drops = DropCounter(every=100, logger=log)
+        _update_info(info_path, info)  # keeps the drop records of the shards a previous run wrote
+    drops = _Drops()
     written, failed = 0, 0
     for url in todo:
         final = out / Path(url).name
         tmp = final.with_name(final.name + ".tmp")
+        n_shard = 0
         try:
             with wds.TarWriter(str(tmp), mtime=0) as sink:
                 for items in _batches(url, cfg.batch_size, cfg.resolution, drops):
                     arrays = encode_batch(model, items, device, autocast)
                     for i, it in enumerate(items):
                         sample = {name: arr[i].astype(np.float16) for name, arr in arrays.items()}
-                        if not all(np.isfinite(a).all() for a in sample.values()):
-                            drops.record("cache:nonfinite_latent", it["key"],
-                                         "non-finite VAE/text output: use a bf16 or fp32 VAE (fp16 overflows)")
+                        bad = [f"{n}.npy" for n, a in sample.items() if not np.isfinite(a).all()]
+                        if bad:
+                            drops.record(NONFINITE, it["key"], f"{', '.join(bad)} in {url}; {NONFINITE_ADVICE}")
                             continue
                         rec = {"__key__": it["key"], "instruction.txt": it["text"], "meta.json": it["meta"]}
                         rec.update({f"{n}.npy": _npy(a) for n, a in sample.items()})
                         sink.write(rec)
                         written += 1
+                        n_shard += 1
             tmp.replace(final)
+            _update_info(info_path, shard=(final.name, {"written": n_shard, **drops.take_shard()}))
         except Exception:  # noqa: BLE001 - a failed shard is reported and left undone for a rerun
             log.exception("cache-latents: shard %s failed", url)
             tmp.unlink(missing_ok=True)
+            drops.take_shard()
             failed += 1
     log.info("cache-latents: %d sample(s) written, drops %s, %d shard(s) failed", written, drops.as_dict(), failed)
     return 1 if failed else 0
