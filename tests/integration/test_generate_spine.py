@@ -193,14 +193,15 @@ def test_c1_sigkill_mid_shard_then_resume_equals_an_uninterrupted_run(photos_dir
     assert not list(out.glob("*.tmp-*")) and verify_dir(str(out))[0] == []
 
 
-def test_c2_sigterm_discards_the_open_shard_writes_stats_and_exits_143(photos_dir, tmp_path):
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
+def test_c2_sigint_or_sigterm_discards_the_open_shard_and_exits_130_or_143(photos_dir, tmp_path, sig, code):
     out = tmp_path / "out"
     p = _spawn([photos_dir], out, hold=0.5, marker=tmp_path / "inside", hold_at=0)
     _wait_for(tmp_path / "inside", p)
-    p.send_signal(signal.SIGTERM)
-    assert p.wait(timeout=20) == 143, p.stdout.read().decode()
+    p.send_signal(sig)
+    assert p.wait(timeout=20) == code, p.stdout.read().decode()
     stats = json.loads((out / "stats.json").read_text())
-    assert stats["interrupted_by"] == "SIGTERM" and stats["exit_code"] == 143
+    assert stats["interrupted_by"] == sig.name and stats["exit_code"] == code
     # the signal came during shard-000001's first batch: that shard is discarded (its temp file removed)
     assert not list(out.glob("*.tmp-*"))
     assert sorted(x.name for x in out.glob("shard-*.tar")) == ["shard-000000.tar"] == sorted(
