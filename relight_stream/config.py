@@ -90,6 +90,9 @@ class SegmentConfig:
     """sam3: the concepts to segment (their instances are united), e.g. ``[person, dog]``."""
     score_threshold: float = 0.5
     """sam3: an instance counts when its score (detection x presence, 0–1) exceeds this."""
+    drop_implausible: bool = True
+    """``False`` keeps masks that fail the plausibility checks (the verdict is still in ``meta.segment``): only for
+    throughput benchmarks of untrained models, whose masks would otherwise stop every sample at this stage."""
     work_resolution: int = 128
     """Side of the square the classical prior and GrabCut work at; the matte is refined at full resolution."""
     grabcut_iters: int = 2

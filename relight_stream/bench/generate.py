@@ -245,8 +245,9 @@ def resolve_models(cfg: BenchConfig, run: RunConfig) -> dict[str, Any]:
     if backend != "neural":
         raise ValueError(f"bench generate: --backend must be auto, classical or neural, got {cfg.backend!r}")
     seg, depth = ("tiny", "tiny") if cfg.tiny else ("hiera-s", "depth-anything-v2-s")
-    # random weights: the throughput of the architectures, the FLOPs of the real models
-    return {"segment": SegmentConfig(backend="sam2", flavor=seg, weights="random"),
+    # random weights: the throughput of the architectures, the FLOPs of the real models; their masks fail the
+    # plausibility checks, so they are kept (verdict recorded) for every later stage to run
+    return {"segment": SegmentConfig(backend="sam2", flavor=seg, weights="random", drop_implausible=False),
             "geometry": GeometryConfig(backend="depth-anything", flavor=depth, weights="random")}
 
 

@@ -18,7 +18,8 @@ The same mask serves the input and the target, so no person vanishes from one an
 A mask covering less than ``min_area`` of the image is dropped as ``segment:empty_mask``; one covering more
 than ``max_area``, hugging most of the image border, or shattered into many pieces as
 ``segment:implausible_mask`` (as is a mask of scattered fragments with no main piece, or features that could not
-be grown into one subject) — never passed on as a success.
+be grown into one subject), and one that is mostly neither subject nor background (p ≈ 0.5: untrained or wrong
+weights) as ``segment:indecisive_mask`` — never passed on as a success.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ MAX_PROMPTS = 4
 MIN_SCATTERED_SOLIDITY = 0.4
 """A mask whose largest piece is under 65 % of its area must fill at least this much of its convex hull (eyes and a
 nose of a close-up cat fail; two people side by side pass)."""
+MAX_UNCERTAIN = 0.5
+"""Largest share of a mask's support that may be neither background nor subject (see :func:`plausibility`)."""
 MAX_FILL_BORDER_FRACTION = 0.95
 """Border limit for a frame-filling subject (see :func:`fill_from_fragments`): it may touch most of the border."""
 
@@ -140,7 +143,11 @@ def grabcut_from_prior(small_rgb: np.ndarray, prob_hw: np.ndarray, *, iters: int
 
 def plausibility(mask_hw: np.ndarray, cfg: SegmentConfig, *, fills_frame: bool = False, fragments: bool = False
                  ) -> tuple[str | None, dict[str, float]]:
-    """Drop code (``empty_mask``/``implausible_mask``) or ``None``, and the statistics behind the verdict.
+    """Drop code (``empty_mask``/``implausible_mask``/``indecisive_mask``) or ``None``, and the statistics behind it.
+
+    ``uncertain`` is the share of the mask's support (p > 0.1) where 0.1 < p < 0.9: a matte has soft edges only
+    (classical masks: <= 0.27 even at 64²), while a model that cannot tell subject from background (untrained or
+    wrong weights) answers p ≈ 0.5 everywhere; above :data:`MAX_UNCERTAIN` the mask is ``indecisive_mask``.
 
     Args:
         mask_hw: The mask (float 0–1 or bool), any size.
@@ -152,6 +159,8 @@ def plausibility(mask_hw: np.ndarray, cfg: SegmentConfig, *, fills_frame: bool =
     area = float(mask_hw.mean())
     f = max(1, -(-max(mask_hw.shape) // 256))  # the shape statistics need no more than 256²
     small = mask_hw[::f, ::f] if f > 1 else mask_hw
+    support = small > 0.1
+    uncertain = float((support & (small < 0.9)).sum() / max(1, support.sum()))
     hard = (small >= 0.5).astype(np.uint8)
     border = np.concatenate([hard[0], hard[-1], hard[:, 0], hard[:, -1]])
     n, _, stats, _ = cv2.connectedComponentsWithStats(hard, connectivity=8)
@@ -162,7 +171,8 @@ def plausibility(mask_hw: np.ndarray, cfg: SegmentConfig, *, fills_frame: bool =
     hull = cv2.contourArea(cv2.convexHull(pts)) if pts is not None and len(pts) > 2 else 0.0
     solidity = float(hard.sum() / hull) if hull > 0 else 0.0
     info = {"area": round(area, 5), "border_fraction": round(float(border.mean()), 5), "components": big,
-            "largest_fraction": round(largest, 4), "solidity": round(min(solidity, 1.0), 4)}
+            "largest_fraction": round(largest, 4), "solidity": round(min(solidity, 1.0), 4),
+            "uncertain": round(uncertain, 4)}
     if area < cfg.min_area or big == 0:
         return "empty_mask", info
     max_border = MAX_FILL_BORDER_FRACTION if fills_frame else MAX_BORDER_FRACTION
@@ -170,6 +180,8 @@ def plausibility(mask_hw: np.ndarray, cfg: SegmentConfig, *, fills_frame: bool =
         return "implausible_mask", info
     if fragments or (largest < 0.65 and solidity < MIN_SCATTERED_SOLIDITY):  # strewn pieces, no main subject
         return "implausible_mask", info
+    if uncertain > MAX_UNCERTAIN:
+        return "indecisive_mask", info
     return None, info
 
 
@@ -271,9 +283,10 @@ class SegmentStage(Stage):
         per_sample(self, batch, verdict, parallel=True)
         for i in list(batch.kept()):
             code, info = verdicts[i]
-            batch.meta[i].setdefault("segment", {}).update(info)
-            if code:
-                batch.drop(i, f"segment:{code}", detail=f"area={info['area']} border={info['border_fraction']}")
+            batch.meta[i].setdefault("segment", {}).update(info, verdict=code)
+            if code and self.cfg.drop_implausible:
+                batch.drop(i, f"segment:{code}", detail=f"area={info['area']} border={info['border_fraction']} "
+                           f"uncertain={info['uncertain']}")
         return batch
 
     def _record(self, batch: SampleBatch, i: int, prior: Any) -> None:

@@ -130,7 +130,9 @@ def test_sam2_backend_prompts_with_the_prior_and_records_the_model(photos) -> No
     for i in range(2):
         rec = batch.meta[i]["segment"]
         assert rec["backend"] == "sam2" and rec["model"]["flavor"] == "tiny" and rec["boxes"]
-        assert batch.keep_B[i] or batch.drop_reason[i] in ("segment:empty_mask", "segment:implausible_mask")
+        # untrained SAM2 answers p ≈ 0.5 inside the box: never a success
+        assert batch.drop_reason[i] in ("segment:empty_mask", "segment:implausible_mask", "segment:indecisive_mask")
+        assert not batch.keep_B[i]
     x0, y0, x1, y1 = batch.meta[1]["segment"]["boxes"][0]
     far = np.ones((96, 96), bool)
     far[max(0, y0 - 20) : y1 + 20, max(0, x0 - 20) : x1 + 20] = False
@@ -147,3 +149,17 @@ def test_scattered_fragments_are_implausible_but_two_people_are_not() -> None:
     pair[40:, 10:58] = 1.0
     pair[40:, 70:118] = 1.0
     assert plausibility(pair, SegmentConfig())[0] is None
+
+
+def test_a_benchmark_may_keep_implausible_masks_but_the_verdict_is_recorded() -> None:
+    rng = np.random.default_rng(0)
+    grey = np.full((2, 64, 64, 3), 128, np.uint8)
+    batch = SampleBatch(keys=["a", "b"])
+    batch["rgb_BHW3"] = np.clip(grey + rng.normal(0, 3, grey.shape), 0, 255).astype(np.uint8)  # no subject at all
+    stage = SegmentStage(SegmentConfig(drop_implausible=False))
+    stage.setup()
+    out = stage.process(batch)
+    dropped = _run(list(batch["rgb_BHW3"]))
+    assert all(r is not None and r.startswith("segment:") for r in dropped.drop_reason)  # the default drops them
+    assert out.keep_B.all() and [m["segment"]["verdict"] for m in out.meta] == [
+        r.split(":")[1] for r in dropped.drop_reason]
