@@ -93,6 +93,19 @@ class EngineSpec:
 
 
 _HF_RE = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)@(?P<rev>[\w.-]+)$")
+_COMMIT_RE = re.compile(r"^[0-9a-f]{7,40}$")
+
+
+def check_revision(repo: str, rev: str | None, what: str) -> None:
+    """Refuse a hub ``repo`` without a pinned commit: a branch or tag (``main``, ``v1``) can move under a run.
+
+    Raises:
+        ValueError: ``rev`` missing or not a commit sha (hex; the Hub wants all 40 digits).
+    """
+    if not rev or not _COMMIT_RE.match(rev):
+        got = f"'{rev}' is a branch or tag, which can move" if rev else "no revision"
+        raise ValueError(f"{what} {repo!r}: {got}; pin a commit, e.g. '{repo}@<40-hex commit sha>' (the repo's "
+                         "'History' page on the Hub lists them), or give a local path")
 
 
 @dataclass(frozen=True)
@@ -134,6 +147,7 @@ def parse_weights(weights: str | os.PathLike | None, spec: EngineSpec) -> Weight
         return WeightsRef("local", path=str(Path(text).expanduser()))
     m = _HF_RE.match(text)
     if m:
+        check_revision(m["repo"], m["rev"], "weights")
         return WeightsRef("hf", repo=m["repo"], revision=m["rev"])
     hint = f" ({spec.kind}/{spec.flavor} real weights: '{spec.hf_id}@<commit>')" if spec.hf_id else ""
     if "/" in text and "@" not in text:

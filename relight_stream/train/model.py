@@ -163,9 +163,10 @@ def resolve_source(model: str) -> tuple[str, str | None]:
                          "trainer never ran); use sd15, sdxl or an SD1.5/SDXL-family id or folder")
     if repo.count("/") != 1:
         raise ValueError(f"--model {model!r}: not tiny|tiny-sdxl|sd15|sdxl, an existing folder, or an 'org/name' id")
-    if not rev:
-        log.warning("model %s has no pinned revision (use %s@<commit>); loading 'main'", repo, repo)
-    return repo, rev or None
+    from relight_stream.engines.spec import check_revision
+
+    check_revision(repo, rev or None, "--model")
+    return repo, rev
 
 
 def _folder_resolution(folder: Path) -> int | None:

@@ -46,7 +46,10 @@ def test_model_sources_are_pinned_or_explicit(tmp_path):
         repo, rev = M.resolve_source(alias)
         assert "/" in repo and len(rev) == 40 and int(rev, 16) >= 0
     assert M.resolve_source(str(tmp_path)) == (str(tmp_path), None)
-    assert M.resolve_source("org/name@abc123") == ("org/name", "abc123")
+    assert M.resolve_source("org/name@abc1234") == ("org/name", "abc1234")
+    for moving in ("org/name", "org/name@main", "org/name@v1.0"):  # a branch or tag can change under a run
+        with pytest.raises(ValueError, match="pin a commit"):
+            M.resolve_source(moving)
     with pytest.raises(ValueError, match="not tiny"):
         M.resolve_source("no-such-thing")
     for flux in ("flux", "black-forest-labs/FLUX.1-Kontext-dev@abc"):  # the reference's experimental row
