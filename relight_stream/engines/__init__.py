@@ -22,7 +22,8 @@ Kinds and flavors (``list_engines()``; ``base`` aliases each kind's default size
 - ``clip``: ``tiny``, ``vit-b-32``, ``vit-l-14`` (base)
 - ``segmenter``: ``tiny``, ``hiera-t``, ``hiera-s``, ``hiera-b+`` (base), ``hiera-l``
 - ``segmenter_sam3``: ``tiny``, ``sam3`` (``base``; weights required)
-- ``depth``: ``tiny``, ``depth-anything-v2-s``, ``-b`` (base), ``-l``, ``midas-dpt-hybrid``, ``midas-dpt-large``
+- ``depth``: ``tiny``, ``midas-dpt-tiny``, ``depth-anything-v2-s``, ``-b`` (base), ``-l``, ``midas-dpt-hybrid``,
+  ``midas-dpt-large``
 - ``vae``: ``tiny``, ``sd15`` (base), ``sdxl``
 
 Arguments of ``create_engine(kind, flavor="base", *, backend="auto", device=None, precision="fp32", weights=None)``:

@@ -6,9 +6,11 @@ Writes relative inverse depth ``[B,H,W]`` fp32 at the input resolution: larger =
 shift (callers normalise it, e.g. to [0,1] over the foreground).
 
 Flavors: ``tiny`` (4-layer width-32 DINOv2 + Depth Anything head at 56², random weights with the neck and head
-re-initialised — the stock init makes a tiny DPT output ≈ 0), ``depth-anything-v2-s/-b/-l`` (``base`` = b),
-``midas-dpt-hybrid`` and ``midas-dpt-large``. Real weights: ``weights="<hf_id>@<commit>"`` (see each spec's
-``hf_id``) or a local folder saved with ``save_pretrained``; the config then comes from the weights.
+re-initialised — the stock init makes a tiny DPT output ≈ 0), ``midas-dpt-tiny`` (the MiDaS path: transformers'
+DPTForDepthEstimation on a plain 4-layer width-32 ViT at 64², 0.5/0.5 normalisation, random weights, re-initialised
+the same way), ``depth-anything-v2-s/-b/-l`` (``base`` = b), ``midas-dpt-hybrid`` and ``midas-dpt-large``. Real
+weights: ``weights="<hf_id>@<commit>"`` (see each spec's ``hf_id``) or a local folder saved with ``save_pretrained``;
+the config then comes from the weights.
 """
 
 from __future__ import annotations
@@ -40,6 +42,11 @@ def _dav2(hidden: int, layers: int, heads: int, out: list[int], neck: list[int],
 _DPT_COMMON = {"arch": "dpt", "image_size": 384, "use_auxiliary_head": False}
 CONFIGS: dict[str, dict[str, Any]] = {
     "tiny": {**_dav2(32, 4, 2, [1, 2, 3, 4], [8, 16, 32, 32], 16, 56), "head_hidden_size": 8},
+    "midas-dpt-tiny": {  # plain-ViT DPT (as midas-dpt-large), 4x4 patches of 16 px
+        **_DPT_COMMON, "image_size": 64, "patch_size": 16, "hidden_size": 32, "num_hidden_layers": 4,
+        "num_attention_heads": 2, "intermediate_size": 128, "backbone_out_indices": [0, 1, 2, 3],
+        "neck_hidden_sizes": [16, 16, 32, 32], "fusion_hidden_size": 16,
+    },
     "depth-anything-v2-s": _dav2(384, 12, 6, [3, 6, 9, 12], [48, 96, 192, 384], 64, 518),
     "depth-anything-v2-b": _dav2(768, 12, 12, [3, 6, 9, 12], [96, 192, 384, 768], 128, 518),
     "depth-anything-v2-l": _dav2(1024, 24, 16, [5, 12, 18, 24], [256, 512, 1024, 1024], 256, 518),
@@ -83,10 +90,7 @@ def _build(spec: EngineSpec, weights: WeightsRef) -> BuiltModel:
 
         model = DPTForDepthEstimation(DPTConfig(**cfg))
     if weights.source == "random":
-        # HF's init (std 0.02 through many convs) makes the depth output ≈ 0; torch's default conv init does not
-        for mod in [*model.neck.modules(), *model.head.modules()]:
-            if isinstance(mod, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
-                mod.reset_parameters()
+        _reinit_random(model, arch)
     mean, std = IMAGENET if arch == "depth_anything" else HALF
     net = _DepthNet(model.eval(), mean, std)
     size = spec.input_size
@@ -96,6 +100,22 @@ def _build(spec: EngineSpec, weights: WeightsRef) -> BuiltModel:
         example_inputs={"net": lambda b: (torch.rand(b, 3, size, size),)},
         extras={"model": model},
     )
+
+
+def _reinit_random(model: Any, arch: str) -> None:
+    """Re-initialise a random-weight model's neck and head so its depth output is not ≈ 0 (in place)."""
+    # HF's init (std 0.02 through many convs) makes the depth output ≈ 0; torch's default conv init does not
+    layers = (torch.nn.Conv2d, torch.nn.ConvTranspose2d) + ((torch.nn.Linear,) if arch == "dpt" else ())
+    for mod in [*model.neck.modules(), *model.head.modules()]:
+        if isinstance(mod, layers):  # DPT also has Linear readout projections in its neck
+            mod.reset_parameters()
+    if arch == "dpt":
+        # the DPT head ends conv1x1 -> ReLU over a ReLU'd input: a negative bias can zero every pixel; non-negative
+        # weights and no bias keep the output > 0 and image-dependent whatever the seed
+        last = [m for m in model.head.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+        with torch.no_grad():
+            last.weight.abs_()
+            last.bias.zero_()
 
 
 class _DepthNet(torch.nn.Module):
@@ -130,9 +150,10 @@ def depth_flavors() -> dict[str, EngineSpec]:
     specs = {}
     for flavor, cfg in CONFIGS.items():
         size = cfg.get("image_size") or cfg["backbone_config"]["image_size"]
-        desc = "tiny Depth Anything (DINOv2 width 32, 4 layers, 56²), random weights; tests" if flavor == "tiny" else (
-            f"{flavor} at {size}²"
-        )
+        desc = {
+            "tiny": "tiny Depth Anything (DINOv2 width 32, 4 layers, 56²), random weights; tests",
+            "midas-dpt-tiny": "tiny MiDaS DPT (plain ViT width 32, 4 layers, 64²), random weights; tests",
+        }.get(flavor, f"{flavor} at {size}²")
         specs[flavor] = EngineSpec(
             "depth", flavor, _build, DepthEngine, input_size=size, hf_id=HF_IDS.get(flavor), config=cfg,
             description=desc,

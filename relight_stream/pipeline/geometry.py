@@ -71,16 +71,16 @@ def check_engine_args(kind: str, flavor: str, weights: str | None) -> None:
 
     A stage's model must be a real one: a full-size flavor needs ``weights`` (``org/name@commit`` or a local
     path); untrained weights are taken only when asked for by name (``weights: random``, for throughput
-    benchmarks of the architecture), and the ``tiny`` flavor (random weights, for tests and demos) logs a warning,
-    since its masks and depth are noise. Then the reference's form and, offline or for a local path, that the
-    files exist and are complete (RELIABILITY D1/D2).
+    benchmarks of the architecture), and a tiny flavor (``tiny``, ``midas-dpt-tiny``: random weights, for tests and
+    demos) logs a warning, since its masks and depth are noise. Then the reference's form and, offline or for a
+    local path, that the files exist and are complete (RELIABILITY D1/D2).
     """
     from relight_stream.engines import get_spec
     from relight_stream.engines.spec import parse_weights
     from relight_stream.engines.weights import check_weights
 
     spec = get_spec(kind, flavor)
-    if weights is None and spec.flavor != "tiny":
+    if weights is None and not (spec.flavor == "tiny" or spec.flavor.endswith("-tiny")):
         where = f"'{spec.hf_id}@<commit sha>' (Hugging Face) or " if spec.hf_id else ""
         raise ValueError(f"{kind} flavor {flavor!r} has no weights: give {where}a local checkpoint path as its "
                          "weights (`--segmenter-weights`/`--depth-weights`, or `weights:` in the YAML); "
@@ -177,12 +177,13 @@ class GeometryStage(Stage):
 
     @property
     def engine_flavor(self) -> str:
-        """Depth engine flavor: ``tiny``, a full name, or a short size expanded by backend (``s`` ->
-        ``depth-anything-v2-s``, ``hybrid`` -> ``midas-dpt-hybrid``)."""
+        """Depth engine flavor: a full name, or a short size expanded by backend (``s`` -> ``depth-anything-v2-s``,
+        ``hybrid`` -> ``midas-dpt-hybrid``, ``tiny`` -> ``tiny`` for depth-anything and ``midas-dpt-tiny`` for dpt)."""
         f = self.cfg.flavor or DEFAULT_FLAVOR[self.cfg.backend]
-        if f == "tiny" or f.startswith(ENGINE_FLAVOR_PREFIX[self.cfg.backend]):
-            return f
-        return f"{ENGINE_FLAVOR_PREFIX[self.cfg.backend]}-{f}"
+        prefix = ENGINE_FLAVOR_PREFIX[self.cfg.backend]
+        if f.startswith(prefix) or (f == "tiny" and self.cfg.backend == "depth-anything"):
+            return f  # Depth Anything's test model is plain ``tiny``; dpt's ``tiny`` expands to ``midas-dpt-tiny``
+        return f"{prefix}-{f}"
 
     def setup(self) -> None:
         if self.cfg.backend != "classical" and self.engine is None:

@@ -36,8 +36,9 @@ def test_clip_embeddings_are_unit_and_seeded() -> None:
         clip.encode_text("not a list")
 
 
-def test_depth_is_at_input_resolution_and_not_degenerate() -> None:
-    depth = create_engine("depth", "tiny", backend="eager", device="cpu")
+@pytest.mark.parametrize("flavor", ["tiny", "midas-dpt-tiny"])  # Depth Anything and the MiDaS DPT path
+def test_depth_is_at_input_resolution_and_not_degenerate(flavor: str) -> None:
+    depth = create_engine("depth", flavor, backend="eager", device="cpu")
     images = torch.rand(2, 3, 45, 70)
     d = depth(images)
     assert d.shape == (2, 45, 70) and d.dtype == torch.float32

@@ -31,10 +31,11 @@ def _assert_close(a: torch.Tensor, b: torch.Tensor, what: str, tol: float = 1e-4
 
 
 # batch 3 differs from the traced batch (2): a batch axis frozen into the graph would fail here
-@pytest.mark.parametrize("kind", ["clip", "depth", "segmenter", "vae"])
-def test_onnxruntime_matches_eager(kind: str) -> None:
-    ort_engine = create_engine(kind, "tiny", backend="onnxruntime", device="cpu")
-    eager = create_engine(kind, "tiny", backend="eager", device="cpu")
+@pytest.mark.parametrize(("kind", "flavor"), [("clip", "tiny"), ("depth", "tiny"), ("depth", "midas-dpt-tiny"),
+                                             ("segmenter", "tiny"), ("vae", "tiny")])
+def test_onnxruntime_matches_eager(kind: str, flavor: str) -> None:
+    ort_engine = create_engine(kind, flavor, backend="onnxruntime", device="cpu")
+    eager = create_engine(kind, flavor, backend="eager", device="cpu")
     assert ort_engine.backend == "onnxruntime"
     g = torch.Generator().manual_seed(1)
     images = torch.rand(3, 3, 48, 40, generator=g)

@@ -81,6 +81,31 @@ def test_depth_engine_backend_runs_on_the_photo(photos) -> None:
     assert rec["backend"] == "depth-anything" and rec["model"]["flavor"] == "tiny"
 
 
+def test_dpt_tiny_runs_the_midas_dpt_engine_on_photos(photos) -> None:
+    """``backend: dpt, flavor: tiny`` builds transformers' DPT (MiDaS) path, not the Depth Anything test model."""
+    pytest.importorskip("transformers")
+    import torch
+
+    torch.set_num_threads(1)
+    batch = SampleBatch(keys=["coffee", "chelsea"])
+    batch["rgb_BHW3"] = np.stack([cv2.resize(photos[k], (64, 48), interpolation=cv2.INTER_AREA) for k in batch.keys])
+    batch["mask_BHW"] = np.repeat(cv2.resize(_disk_batch(64)["mask_BHW"][0], (64, 48))[None], 2, 0)
+    assert GeometryStage(GeometryConfig(backend="depth-anything", flavor="tiny")).engine_flavor == "tiny"
+    stage = GeometryStage(GeometryConfig(backend="dpt", flavor="tiny"), RunConfig(device="cpu"))
+    assert stage.engine_flavor == "midas-dpt-tiny"
+    stage.setup()
+    assert stage.engine.spec.flavor == "midas-dpt-tiny" and stage.engine.spec.config["arch"] == "dpt"
+    stage.process(batch)
+    assert list(batch.keep_B) == [True, True], (batch.drop_reason, [m.get("drop_detail") for m in batch.meta])
+    for i in range(2):
+        normals, mask = batch["normals_BHW3"][i], batch["mask_BHW"][i]
+        assert np.isfinite(normals).all() and np.isfinite(batch["depth_BHW"][i]).all()
+        assert np.allclose(np.linalg.norm(normals, axis=-1), 1.0, atol=1e-3)
+        assert np.ptp(batch["depth_BHW"][i][mask > 0.5]) > 0.5
+        rec = batch.meta[i]["geometry"]
+        assert rec["backend"] == "dpt" and rec["model"]["flavor"] == "midas-dpt-tiny"
+
+
 def test_flat_depth_is_an_error_not_a_silent_plane() -> None:
     with pytest.raises(ValueError):
         normalise_depth(np.ones((32, 32), np.float32), np.ones((32, 32), np.float32))
@@ -108,6 +133,8 @@ def test_bad_engine_names_and_unpinned_weights_fail_before_any_model_loads() -> 
     with pytest.raises(ValueError, match="revision"):
         GeometryStage(GeometryConfig(backend="depth-anything", flavor="s",
                                      weights="depth-anything/Depth-Anything-V2-Small-hf"))
+    with pytest.raises(ValueError, match="'main' is a branch or tag, which can move; pin a commit"):
+        GeometryStage(GeometryConfig(backend="dpt", weights="Intel/dpt-hybrid-midas@main"))
     with pytest.raises(ValueError, match="flavor"):
         SegmentStage(SegmentConfig(backend="sam2", flavor="hiera-xxl", weights="random"))
 
