@@ -4,8 +4,9 @@ Targets: decode, kernels, albedo, filter, generate, train, engines, and ``all`` 
 missing ones are skipped with a note). A target returns ``{"target": name, "rows": [...], ...summary}``; each row
 is a flat dict, by convention ``name`` (what was timed), ``batch``, ``ms`` (median per call, synchronised GPU
 timing after warm-up), ``images_per_s`` and optional ``util_pct`` (achieved FLOP/s against the device's peak).
-The dispatcher adds wall time and peak host/device memory per target and the machine description, prints a human
-table per target, then ONE JSON line, always the last line of stdout.
+The dispatcher adds wall time and peak host/device memory per target (``peak_host_scope``: ``"target"`` where the
+peak RSS could be reset before the target, else ``"process"``, the peak so far) and the machine description (with
+library ``versions``), prints a human table per target, then ONE JSON line, always the last line of stdout.
 
 ``--compare A,B`` runs the target twice in one process, with two configs, and prints the ratio B/A of the
 throughput of each matching row (``speedup`` > 1: B is faster). ``A`` and ``B`` are each either a backend name
@@ -29,7 +30,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from relight_stream.bench.timing import format_table, json_line, machine_info, peak_host_mb
+from relight_stream.bench.timing import (
+    format_table,
+    json_line,
+    machine_info,
+    peak_host_mb,
+    peak_host_scope,
+    reset_peak_host,
+)
 from relight_stream.config import BenchConfig, coerce, config_to_dict
 from relight_stream.fileio import atomic_write
 
@@ -85,6 +93,7 @@ def _run_one(fn: Callable[..., dict[str, Any]], cfg: BenchConfig, run: Any) -> d
     cuda = torch is not None and torch.cuda.is_available()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
+    reset_peak_host()
     t0 = time.perf_counter()
     result = fn(cfg, run)
     if not isinstance(result, dict) or not isinstance(result.get("rows"), list):
@@ -92,6 +101,7 @@ def _run_one(fn: Callable[..., dict[str, Any]], cfg: BenchConfig, run: Any) -> d
     result = dict(result)
     result["wall_s"] = round(time.perf_counter() - t0, 3)
     result["peak_host_mb"] = round(peak_host_mb(), 1)
+    result["peak_host_scope"] = peak_host_scope("target")
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available():
         result["peak_device_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
@@ -108,7 +118,7 @@ def _throughput(row: dict[str, Any]) -> tuple[str, float] | None:
     return None
 
 
-_NOT_IDENTITY = {"backend", "precision", "device", "repeats", "warmup"}
+_NOT_IDENTITY = {"backend", "precision", "device", "repeats", "warmup", "peak_host_scope"}
 
 
 def _row_id(row: dict[str, Any]) -> tuple:

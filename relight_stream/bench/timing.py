@@ -7,11 +7,14 @@ prints a table and then one JSON line (the last line of stdout), and can save it
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import statistics
 import time
 from typing import Any, Callable
+
+log = logging.getLogger(__name__)
 
 
 def synchronize(device: Any = None) -> None:
@@ -49,15 +52,89 @@ def measure(fn: Callable[[], Any], *, warmup: int = 1, repeats: int = 5, sync: b
     return {"median_ms": statistics.median(times), "min_ms": times[0], "p90_ms": p90, "repeats": len(times)}
 
 
-def peak_host_mb() -> float:
-    """Peak resident memory of this process in MiB (Linux ``ru_maxrss`` is KiB)."""
-    import resource
+_CLEAR_REFS = "/proc/self/clear_refs"
+_STATUS = "/proc/self/status"
+_reset_ok: bool | None = None  # did the last reset_peak_host() reset VmHWM? None: never tried
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+def _vmhwm_kib() -> int | None:
+    """``VmHWM`` (peak resident set size, KiB) from ``/proc/self/status``, or ``None`` where unavailable."""
+    try:
+        with open(_STATUS, encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def reset_peak_host() -> bool:
+    """Reset this process's peak-RSS mark to its current RSS, so the next ``peak_host_mb()`` covers only what
+    runs after this call (one bench row or target).
+
+    Linux only: writes ``5`` to ``/proc/self/clear_refs`` (resets ``VmHWM``; kernel >= 4.0). Returns ``True``
+    when the reset worked; otherwise ``False`` and ``peak_host_mb()`` stays the process-lifetime peak
+    (``peak_host_scope()`` says which).
+    """
+    global _reset_ok
+    try:
+        with open(_CLEAR_REFS, "w", encoding="ascii") as f:
+            f.write("5")
+    except OSError as exc:
+        if _reset_ok is None:
+            log.debug("cannot reset the peak RSS (%s); peak host memory is per process", exc)
+        _reset_ok = False
+        return False
+    _reset_ok = _vmhwm_kib() is not None
+    return _reset_ok
+
+
+def peak_host_mb() -> float:
+    """Peak resident memory in MiB: since the last ``reset_peak_host()`` where that worked (Linux ``VmHWM``),
+    else over the process's lifetime (``VmHWM``, or ``ru_maxrss`` where ``/proc`` is unavailable)."""
+    kib = _vmhwm_kib()
+    if kib is None:
+        import resource
+
+        kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return kib / 1024
+
+
+def peak_host_scope(reset_scope: str = "row") -> str:
+    """What ``peak_host_mb()`` covers now: ``reset_scope`` (e.g. ``"row"``, ``"target"``) when the last
+    ``reset_peak_host()`` worked, else ``"process"`` (the lifetime peak, monotonic)."""
+    return reset_scope if _reset_ok else "process"
+
+
+# Distributions whose versions machine_info() records when installed; alternatives are the same library built
+# for another platform/CUDA (every one installed is listed, so a conflicting pair shows up too).
+VERSIONED_DISTS = (
+    "onnxruntime", "onnxruntime-gpu", "onnx", "diffusers", "transformers", "accelerate", "open_clip_torch",
+    "opencv-python", "opencv-python-headless", "opencv-contrib-python", "opencv-contrib-python-headless",
+    "nvidia-dali", "nvidia-dali-cuda110", "nvidia-dali-cuda120", "nvidia-dali-cuda130",
+    "cupy", "cupy-cuda11x", "cupy-cuda12x", "cupy-cuda13x",
+    "tensorrt", "tensorrt-cu11", "tensorrt-cu12", "tensorrt-cu13", "webdataset",
+)
+
+
+def library_versions() -> dict[str, str]:
+    """``{distribution name: version}`` of the installed ``VERSIONED_DISTS``, from package metadata (nothing is
+    imported); distributions that are not installed are omitted."""
+    from importlib import metadata
+
+    out: dict[str, str] = {}
+    for dist in VERSIONED_DISTS:
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
 
 
 def machine_info() -> dict[str, Any]:
-    """What the numbers were measured on: CPU, cores, GPU, library versions."""
+    """What the numbers were measured on: CPU, cores, GPU, python/numpy/torch versions, and under ``versions``
+    the installed versions of the other libraries a bench may use (``library_versions()``)."""
     info: dict[str, Any] = {
         "host": platform.node(),
         "platform": platform.platform(),
@@ -78,6 +155,7 @@ def machine_info() -> dict[str, Any]:
             info["cuda"] = torch.version.cuda
     except ImportError:
         pass
+    info["versions"] = library_versions()
     return info
 
 

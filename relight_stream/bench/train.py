@@ -10,8 +10,10 @@ Rows (each times whole optimizer steps of the real ``train/step.py`` loss after 
   example-script baseline (full-size random VAE + CLIP-L text encoder, fp16 autocast + grad scaler) at the same
   resolution and batch. Targets (issue 7): >= 430 samples/s at 256², >= 115 at 512², >= 2x the baseline.
 
-``peak_mem_mb`` is the peak allocated GPU memory of the row on CUDA, and the process's peak RSS so far on the CPU
-(monotonic over rows). ``first_step_s`` includes compilation (Inductor's cache makes reruns much faster).
+``peak_mem_mb`` is the peak allocated GPU memory of the row on CUDA; on the CPU the peak RSS of the row (from just
+before its first step, so the model's weights count; ``peak_host_scope: "row"``), or, where the peak RSS cannot be
+reset (no writable ``/proc/self/clear_refs``), the process's peak so far (``"process"``, monotonic over rows).
+``first_step_s`` includes compilation (Inductor's cache makes reruns much faster).
 
 ``cfg.tiny``: CPU tiny model at 32², eager only, two repeats (seconds; used by the tests). ``cfg.backend``:
 ``eager`` or ``compile`` restricts the rows; ``auto`` runs both. ``cfg.batch_sizes`` overrides the batch.
@@ -20,13 +22,14 @@ Rows (each times whole optimizer steps of the real ``train/step.py`` loss after 
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import time
 from typing import Any, Callable
 
 import torch
 
-from relight_stream.bench.timing import machine_info, measure, peak_host_mb
+from relight_stream.bench.timing import machine_info, measure, peak_host_mb, peak_host_scope, reset_peak_host
 from relight_stream.config import BenchConfig, RunConfig
 from relight_stream.train.model import IP2PModel, build_tiny, null_text, widen_conv_in
 from relight_stream.train.setup import prepare_unet
@@ -114,6 +117,8 @@ def _row(name: str, step: Callable[[], None], *, bsz: int, res: int, device: Any
     cuda = torch.device(device).type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
+    else:
+        reset_peak_host()
     t0 = time.perf_counter()
     step()  # first call: compile / allocator warm-up, timed separately
     if cuda:
@@ -121,9 +126,10 @@ def _row(name: str, step: Callable[[], None], *, bsz: int, res: int, device: Any
     first_s = time.perf_counter() - t0
     t = measure(step, warmup=warmup, repeats=repeats)
     mem = torch.cuda.max_memory_allocated() / 2**20 if cuda else peak_host_mb()
+    scope = {} if cuda else {"peak_host_scope": peak_host_scope("row")}
     return {"name": name, "device": "cuda" if cuda else "cpu", "resolution": res, "batch": bsz,
             "ms": round(t["median_ms"], 2), "samples_per_s": round(bsz / (t["median_ms"] / 1e3), 2),
-            "first_step_s": round(first_s, 2), "peak_mem_mb": round(mem, 1), **extra}
+            "first_step_s": round(first_s, 2), "peak_mem_mb": round(mem, 1), **scope, **extra}
 
 
 def bench_train(cfg: BenchConfig, run: RunConfig) -> dict[str, Any]:
@@ -136,12 +142,17 @@ def bench_train(cfg: BenchConfig, run: RunConfig) -> dict[str, Any]:
     threads = torch.get_num_threads()
     torch.set_num_threads(min(threads, 2))
     try:
+        step: Callable[[], None] | None = None
         for mode in ("images", "latents"):
             for comp in compiles:
+                step = None  # the previous row's model must not linger in the next row's peak RSS
+                gc.collect()
                 step = make_step(build_tiny("sd"), mode=mode, bsz=bsz, res=res, device="cpu", precision="fp32",
                                  compile=comp)
                 rows.append(_row(f"tiny {mode} {'compiled' if comp else 'eager'}", step, bsz=bsz, res=res,
                                  device="cpu", warmup=warmup, repeats=repeats, model="tiny", mode=mode, compiled=comp))
+        step = None
+        gc.collect()
         step = make_step(build_tiny("sd"), mode="images", bsz=bsz, res=res, device="cpu", precision="fp32",
                          compile=False, example=True)
         rows.append(_row("tiny example-script baseline", step, bsz=bsz, res=res, device="cpu", warmup=warmup,
