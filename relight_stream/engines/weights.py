@@ -87,8 +87,18 @@ def resolve_weights(ref: WeightsRef, filename: str | None = None) -> Path:
         return path
     if ref.source != "hf":
         raise ValueError("random weights have no file to fetch")
-    path = _from_cache(ref, filename) if offline() else _download(ref, filename)
-    check_weights_path(path, hint=prefetch_command(ref.repo or "", ref.revision, filename))
+    hint = prefetch_command(ref.repo or "", ref.revision, filename)
+    if offline():
+        path = _from_cache(ref, filename)
+        check_weights_path(path, hint=hint)
+    else:
+        path = _download(ref, filename)
+        try:
+            check_weights_path(path, hint=hint)
+        except ValueError as exc:  # a cached file cut short (an interrupted earlier download): fetch it again (D2)
+            log.warning("%s; downloading %s@%s again", exc, ref.repo, ref.revision)
+            path = _download(ref, filename, force=True)
+            check_weights_path(path, hint=hint)
     log.debug("weights %s@%s -> %s", ref.repo, ref.revision, path)
     return path
 
@@ -109,14 +119,15 @@ def _from_cache(ref: WeightsRef, filename: str | None) -> Path:
         raise _not_cached(ref, None, f" ({type(exc).__name__}: {exc})") from exc
 
 
-def _download(ref: WeightsRef, filename: str | None) -> Path:
+def _download(ref: WeightsRef, filename: str | None, *, force: bool = False) -> Path:
     from huggingface_hub import hf_hub_download, snapshot_download
 
     cache = str(hub_cache())
     try:
         if filename:
-            return Path(hf_hub_download(ref.repo or "", filename, revision=ref.revision, cache_dir=cache))
-        return Path(snapshot_download(ref.repo or "", revision=ref.revision, cache_dir=cache))
+            return Path(hf_hub_download(ref.repo or "", filename, revision=ref.revision, cache_dir=cache,
+                                        force_download=force))
+        return Path(snapshot_download(ref.repo or "", revision=ref.revision, cache_dir=cache, force_download=force))
     except Exception as exc:  # hub errors vary by version; all mean "cannot get these weights"
         raise ValueError(f"cannot fetch weights {ref.repo}@{ref.revision}: {exc}. Pre-fetch them with "
                          f"`{prefetch_command(ref.repo or '', ref.revision, filename)}`") from exc

@@ -142,6 +142,32 @@ def test_cached_hub_snapshot_loads_offline_and_truncation_names_refetch(tmp_path
     assert f"hf download someorg/tiny-vae --revision {REV}" in str(info.value)
 
 
+def test_online_a_truncated_cached_file_is_downloaded_again(tmp_path, monkeypatch) -> None:
+    import huggingface_hub
+    from safetensors.torch import save_file
+
+    from relight_stream.engines.weights import resolve_weights
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    good, cut = tmp_path / "good.safetensors", tmp_path / "cut.safetensors"
+    save_file({"w": torch.ones(64)}, good)
+    cut.write_bytes(good.read_bytes()[:-40])  # what an interrupted download leaves in the cache
+    calls = []
+
+    def fake_download(repo, filename, *, revision, cache_dir, force_download=False):  # the hub, without a network
+        calls.append(force_download)
+        return str(good if force_download else cut)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    ref = WeightsRef("hf", repo="someorg/tiny", revision=REV)
+    assert resolve_weights(ref, "model.safetensors") == good and calls == [False, True]
+    cut_twice = lambda *a, **k: str(cut)  # noqa: E731
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", cut_twice)
+    with pytest.raises(ValueError, match="incomplete safetensors"):  # still cut after a fresh download: an error
+        resolve_weights(ref, "model.safetensors")
+
+
 def test_safetensors_longer_than_header_or_garbage_is_rejected(tmp_path) -> None:
     from safetensors.torch import save_file
 
