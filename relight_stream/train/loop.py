@@ -59,6 +59,7 @@ from relight_stream.train.data import (
 )
 from relight_stream.train.model import ALIASES, TINY_FLAVORS, load_model, null_text, pick_resolution, resolve_source
 from relight_stream.train.setup import EXIT_NONFINITE, EXIT_SIGTERM, build_setup, memory_mb
+from relight_stream.train.step import fp16_outcome
 
 log = logging.getLogger(__name__)
 
@@ -257,14 +258,27 @@ def _train(cfg: TrainConfig, run: RunConfig, accelerator: Any, *, shards: list[s
                     exit_code = EXIT_NONFINITE
                     break
             else:
-                streak = 0
+                scale = float(accelerator.scaler.get_scale()) if accelerator.scaler is not None else None
                 s.optimizer.step()
-                s.lr_scheduler.step()
+                s.lr_scheduler.step()  # accelerate's scheduler does not step after a skipped optimizer step
                 s.optimizer.zero_grad(set_to_none=True)
-                if s.ema is not None:
-                    s.ema.step(s.params)
-                loss_acc += diff.detach().float()
-                n_acc += 1
+                skipped, hopeless = fp16_outcome(accelerator.scaler, scale)
+                counters["fp16_overflow_skipped"] = counters.get("fp16_overflow_skipped", 0) + skipped
+                if hopeless:  # overflow even at a scale below 1: a real NaN/inf, counted as one
+                    streak += 1
+                    counters["nonfinite_total"] += 1
+                    log.warning("step %d: fp16 gradients non-finite at grad scale %.3g (%d in a row): skipped",
+                                step, accelerator.scaler.get_scale(), streak)
+                    if streak >= cfg.max_nonfinite_steps:
+                        log.error("aborting: %d non-finite steps in a row (max_nonfinite_steps)", streak)
+                        exit_code = EXIT_NONFINITE
+                        break
+                elif not skipped:
+                    streak = 0
+                    if s.ema is not None:
+                        s.ema.step(s.params)
+                    loss_acc += diff.detach().float()
+                    n_acc += 1
             steps_log += 1
             if step % cfg.log_every == 0 or step == cfg.max_steps:
                 mean_loss = (accelerator.reduce(loss_acc, "mean") / max(n_acc, 1)).item() if n_acc else float("nan")

@@ -155,3 +155,22 @@ class LossFn:
             return diff, diff
         cons = consistency_loss(pred.view(n, len(inp.noisy), *pred.shape[1:]))
         return diff + self.consistency_weight * cons, diff
+
+
+MIN_FP16_SCALE = 1.0
+"""Below this grad scale an fp16 overflow is not calibration but a real NaN/inf (see :func:`fp16_outcome`)."""
+
+
+def fp16_outcome(scaler: Any, scale_before: float | None) -> tuple[bool, bool]:
+    """What the grad scaler did with the optimizer step just taken: ``(skipped, hopeless)``.
+
+    Under fp16, ``GradScaler`` skips a step whose gradients overflowed and halves its scale. Early overflows are
+    its normal calibration (not counted as non-finite steps; the EMA and the loss log skip them); once the scale
+    has fallen below :data:`MIN_FP16_SCALE` even unscaled gradients are not finite, a real NaN/inf that counts
+    toward ``max_nonfinite_steps``. ``scaler`` None (bf16/fp32) -> ``(False, False)``.
+    """
+    if scaler is None or scale_before is None:
+        return False, False
+    after = float(scaler.get_scale())
+    skipped = after < scale_before
+    return skipped, skipped and after < MIN_FP16_SCALE

@@ -82,3 +82,26 @@ def test_consecutive_nan_gradients_abort_without_checkpoint(shards, tmp_path, mo
     assert stats["step"] == 3 and stats["nonfinite_total"] == 2
     assert [s for s, _ in ckpt.list_checkpoints(out / "checkpoints")[0]] == []  # step 2 was inside the streak
     assert not (out / "final").exists()
+
+
+def test_fp16_overflows_are_calibration_until_the_scale_falls_below_one() -> None:
+    from relight_stream.train.step import fp16_outcome
+
+    w = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.SGD([w], lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=4.0, growth_interval=1000)
+
+    def step(grad_value: float) -> tuple[bool, bool]:
+        before = float(scaler.get_scale())
+        scaler.scale((w * grad_value).sum()).backward()
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+        return fp16_outcome(scaler, before)
+
+    assert step(1.0) == (False, False)  # a finite step is taken
+    assert step(float("inf")) == (True, False)  # overflow at scale 4 -> 2: the scaler's calibration
+    assert step(float("nan")) == (True, False)  # 2 -> 1
+    assert step(float("nan")) == (True, True)  # 1 -> 0.5: even unscaled gradients are not finite
+    assert torch.equal(w.detach(), torch.full((3,), 0.9))  # only the finite step moved the weight
+    assert fp16_outcome(None, None) == (False, False)  # bf16 / fp32: no scaler
