@@ -34,3 +34,13 @@ def test_compile_matches_eager_cpu() -> None:
 @pytest.mark.gpu
 def test_compile_matches_eager_gpu() -> None:
     _parity("cuda")
+
+
+def test_many_blocks_raise_dynamo_s_recompile_limit_so_none_falls_back_to_eager(monkeypatch) -> None:
+    cfg = torch._dynamo.config
+    name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
+    monkeypatch.setattr(cfg, name, 8)
+    widths = [4, 8, 16, 32] * 3  # 12 blocks of one class, 4 widths: one graph per width and stride
+    blocks = torch.nn.ModuleList(torch.nn.Linear(w, w) for w in widths)
+    assert compile_blocks(torch.nn.Sequential(blocks)) == 12
+    assert getattr(cfg, name) >= 12 + 8

@@ -47,6 +47,13 @@ def compile_blocks(module: Any) -> int:
             for block in sub:
                 block.compile(dynamic=False)
                 count += 1
+    # The blocks share one code object; blocks of different widths or strides (Hiera's stages, SAM2's
+    # windowed/global attention) each add a graph, and past dynamo's limit (8) the rest would silently run eager.
+    cfg = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(cfg, name):
+            setattr(cfg, name, max(getattr(cfg, name), count + 8))
+            break
     return count
 
 
