@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import numpy as np
 import pytest
@@ -10,6 +11,11 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("RELIGHT_NO_PROGRESS", "1")
+
+# multiprocessing shares file descriptors through a Unix socket under TMPDIR (paths are limited to 107 bytes): a
+# long TMPDIR makes DataLoader workers hang until the test times out
+if len(tempfile.gettempdir()) > 60 and os.path.isdir("/tmp"):
+    os.environ["TMPDIR"] = tempfile.tempdir = "/tmp"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

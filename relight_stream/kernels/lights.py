@@ -40,7 +40,7 @@ def gel_color(hue: float, saturation: float) -> list[float]:
     """A coloured (gel) light: sRGB hue/saturation at full value -> linear RGB with luminance 1."""
     srgb = np.asarray(colorsys.hsv_to_rgb(hue % 1.0, saturation, 1.0), np.float32)
     lin = srgb_to_linear(srgb).astype(np.float64)
-    lum = float(lin @ np.array([0.2126, 0.7152, 0.0722]))
+    lum = float(lin[0]) * 0.2126 + float(lin[1]) * 0.7152 + float(lin[2]) * 0.0722  # not BLAS: see kelvin_to_rgb
     return [float(c) for c in lin / max(lum, 1e-6)]
 
 

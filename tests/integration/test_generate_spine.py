@@ -145,8 +145,10 @@ def test_b8_a_copy_that_keeps_size_and_mtime_is_still_detected(photos_dir, tmp_p
     st = p.stat()
     other = bytearray(p.read_bytes())
     other[-20] ^= 0xFF  # same size, other bytes: what `cp -p` or `rsync -t` of another file leaves behind
-    time.sleep(0.01)
     p.write_bytes(bytes(other))
+    while p.stat().st_ctime_ns == st.st_ctime_ns:  # file systems with coarse timestamps: wait for a new tick
+        time.sleep(0.05)
+        p.write_bytes(bytes(other))
     os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))  # mtime restored; only the ctime tells
     assert (p.stat().st_size, p.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
     with pytest.raises(ValueError, match="input files changed"):
@@ -183,6 +185,10 @@ def test_c1_sigkill_mid_shard_then_resume_equals_an_uninterrupted_run(photos_dir
     assert _gen([photos_dir], ref) == 0
     p = _spawn([photos_dir], out, hold=60, marker=tmp_path / "inside")
     _wait_for(tmp_path / "inside", p)
+    deadline = time.time() + 60  # the sink thread writes one batch behind the stages: let it commit shard 0
+    while not ((out / "shard-000000.json").exists() and list(out.glob("shard-000001.tar.tmp-*"))):
+        assert p.poll() is None and time.time() < deadline, "the sink never reached shard-000001"
+        time.sleep(0.02)
     p.send_signal(signal.SIGKILL)  # inside shard-000001, its first batch already in the temp tar
     p.wait(timeout=10)
     assert (out / "shard-000000.json").exists() and list(out.glob("shard-000001.tar.tmp-*"))

@@ -138,11 +138,13 @@ def test_the_parent_merges_the_stats_of_the_workers_that_wrote_them(tmp_path):
     from relight_stream.pipeline.recipes_report import merge_rank_stats
 
     (tmp_path / "stats-rank000.json").write_text(json.dumps({"ok": 5, "inputs": 6, "wall_s": 2.0, "exit_code": 0}))
-    time.sleep(0.05)
     since = time.time()
+    os.utime(tmp_path / "stats-rank000.json", (since - 60, since - 60))  # an earlier run's file
     assert not merge_rank_stats(str(tmp_path), 2)  # a rank is missing: the ranks' own merge waits
     assert not merge_rank_stats(str(tmp_path), 2, since=since)  # rank 0's file is from an earlier run
     (tmp_path / "stats-rank001.json").write_text(json.dumps({"ok": 3, "inputs": 4, "wall_s": 1.0, "exit_code": 143}))
+    # file times come from a coarse clock that can lag time.time() by a tick: date this run's file clearly after
+    os.utime(tmp_path / "stats-rank001.json", (since + 1, since + 1))
     assert merge_rank_stats(str(tmp_path), 2, since=since, exit_code=143)
     merged = json.loads((tmp_path / "stats.json").read_text())
     assert (merged["ok"], merged["inputs"], merged["missing_ranks"], merged["exit_code"]) == (3, 4, [0], 143)

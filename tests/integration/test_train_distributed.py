@@ -38,7 +38,7 @@ def test_torchrun_two_ranks_sigterm_on_one_rank_checkpoints_both(tmp_path, caplo
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RELIGHT_NO_PROGRESS": "1", "HF_HUB_OFFLINE": "1"}
     log_path = tmp_path / "log.txt"
     with open(log_path, "w") as log_file:
-        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         try:
             deadline = time.time() + 240
             while "step=3 " not in log_path.read_text():
@@ -50,8 +50,7 @@ def test_torchrun_two_ranks_sigterm_on_one_rank_checkpoints_both(tmp_path, caplo
             rank1[0].send_signal(signal.SIGTERM)  # only rank 1: rank 0 must learn it through the all-reduce
             proc.wait(timeout=120)
         finally:
-            if proc.poll() is None:
-                proc.kill()
+            _kill_group(proc)
     text = log_path.read_text()
     assert proc.returncode != 0  # the ranks exit 143 so a scheduler requeues the job
     stats = json.loads((out / "stats.json").read_text())
@@ -74,3 +73,12 @@ def test_torchrun_two_ranks_sigterm_on_one_rank_checkpoints_both(tmp_path, caplo
     assert "world size 2 -> 1" in caplog.text
     assert json.loads((out / "stats.json").read_text())["step"] == step + 2
     assert (out / "final" / "model_index.json").is_file()
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """Kill the launcher and every rank and DataLoader worker it started (they would outlive a bare kill())."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()

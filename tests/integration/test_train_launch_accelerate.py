@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -60,7 +61,8 @@ def _start(tmp_path: Path, form: str, shards: Path, train_yaml: Path) -> tuple[s
            "TRANSFORMERS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home")}
     env.pop("ACCELERATE_CONFIG_FILE", None)
     with open(log_path, "w") as log_file:
-        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=tmp_path,
+                                start_new_session=True)  # its ranks share a process group: killed together
     return proc, out, log_path
 
 
@@ -76,8 +78,7 @@ def test_accelerate_launch_runs_two_ranks_with_correct_rank_and_world_size(tmp_p
     try:
         proc.wait(timeout=180)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        _kill_group(proc)
     text = log_path.read_text()
     assert proc.returncode == 0, text[-3000:]
     stats = json.loads((out / "stats.json").read_text())
@@ -96,3 +97,12 @@ def test_accelerate_launch_runs_two_ranks_with_correct_rank_and_world_size(tmp_p
     assert (path / "rank0.pt").is_file() and (path / "rank1.pt").is_file()  # every rank saved its own state
     assert ":r0] " in text and ":r1] " in text  # both ranks logged with their rank prefix
     assert (out / "final" / "model_index.json").is_file()
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """Kill the launcher and every rank and DataLoader worker it started (they would outlive a bare kill())."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
