@@ -61,3 +61,14 @@ def needs_cupy() -> None:
     ok, why = cupy_status()
     if not ok:
         pytest.skip(f"needs CuPy on a GPU: {why}")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Torch on one thread for a module's tests (tiny models: threads cost more than they give on 2 shared cores)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

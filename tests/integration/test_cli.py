@@ -79,7 +79,8 @@ def test_every_generate_flag_reaches_its_config_key(monkeypatch):
     assert result.exit_code == 0, result.output
     cfg = seen["cfg"]
     assert cfg.inputs == ["a", "b"] and cfg.out == "o" and cfg.preview == 3 and cfg.workers == 2
-    assert (cfg.decode.resolution, cfg.decode.batch_size, cfg.decode.backend, cfg.decode.keep_alpha) == (96, 5, "pil", True)
+    decode = (cfg.decode.resolution, cfg.decode.batch_size, cfg.decode.backend, cfg.decode.keep_alpha)
+    assert decode == (96, 5, "pil", True)
     assert (cfg.segment.backend, cfg.segment.flavor, cfg.segment.weights) == ("sam2", "tiny", "random")
     assert (cfg.geometry.backend, cfg.geometry.flavor, cfg.geometry.weights) == ("dpt", "large", "/w")
     assert cfg.albedo.method == "lab" and cfg.relight.consistency and cfg.fast_dev_run and cfg.dry_run

@@ -313,21 +313,13 @@ def test_f2_a_bad_config_key_names_the_closest_one_and_a_stage_that_cannot_load_
 
 
 def test_c4_disk_full_from_the_cli_is_a_clear_message_and_commits_nothing(photos_dir, tmp_path, monkeypatch):
-    import errno
-    import io
-
     from click.testing import CliRunner
+    from fixtures_faults import tiny_disk_open
 
     from relight_stream.cli import cli
     from relight_stream.pipeline import shard as S
 
-    class TinyDisk(io.FileIO):  # a file system with 4 KiB free
-        def write(self, data):
-            if self.tell() + len(data) > 4096:
-                raise OSError(errno.ENOSPC, "No space left on device")
-            return super().write(data)
-
-    monkeypatch.setattr(S, "open", lambda path, mode="rb": TinyDisk(path, mode.replace("b", "")), raising=False)
+    monkeypatch.setattr(S, "open", tiny_disk_open, raising=False)  # a file system with 4 KiB free
     out = tmp_path / "out"
     res = CliRunner().invoke(cli, ["--device", "cpu", "generate", str(photos_dir), "--out", str(out), "--resolution",
                                    "64", "--workers", "1"])

@@ -13,6 +13,7 @@ import time
 
 import psutil
 import torch
+from fixtures_faults import kill_group
 
 from relight_stream.config import RunConfig, TrainConfig
 from relight_stream.train import checkpoint as ckpt
@@ -50,7 +51,7 @@ def test_torchrun_two_ranks_sigterm_on_one_rank_checkpoints_both(tmp_path, caplo
             rank1[0].send_signal(signal.SIGTERM)  # only rank 1: rank 0 must learn it through the all-reduce
             proc.wait(timeout=120)
         finally:
-            _kill_group(proc)
+            kill_group(proc)
     text = log_path.read_text()
     assert proc.returncode != 0  # the ranks exit 143 so a scheduler requeues the job
     stats = json.loads((out / "stats.json").read_text())
@@ -73,12 +74,3 @@ def test_torchrun_two_ranks_sigterm_on_one_rank_checkpoints_both(tmp_path, caplo
     assert "world size 2 -> 1" in caplog.text
     assert json.loads((out / "stats.json").read_text())["step"] == step + 2
     assert (out / "final" / "model_index.json").is_file()
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    """Kill the launcher and every rank and DataLoader worker it started (they would outlive a bare kill())."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()

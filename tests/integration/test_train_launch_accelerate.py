@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from fixtures_faults import kill_group
 
 from relight_stream.train import checkpoint as ckpt
 from relight_stream.train.fixtures import write_synthetic_shards
@@ -78,7 +79,7 @@ def test_accelerate_launch_runs_two_ranks_with_correct_rank_and_world_size(tmp_p
     try:
         proc.wait(timeout=180)
     finally:
-        _kill_group(proc)
+        kill_group(proc)
     text = log_path.read_text()
     assert proc.returncode == 0, text[-3000:]
     stats = json.loads((out / "stats.json").read_text())
@@ -97,12 +98,3 @@ def test_accelerate_launch_runs_two_ranks_with_correct_rank_and_world_size(tmp_p
     assert (path / "rank0.pt").is_file() and (path / "rank1.pt").is_file()  # every rank saved its own state
     assert ":r0] " in text and ":r1] " in text  # both ranks logged with their rank prefix
     assert (out / "final" / "model_index.json").is_file()
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    """Kill the launcher and every rank and DataLoader worker it started (they would outlive a bare kill())."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()

@@ -8,12 +8,7 @@ import torch
 from relight_stream.engines import create_engine
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_clip_embeddings_are_unit_and_seeded() -> None:

@@ -27,7 +27,7 @@ def test_records_match_goldens() -> None:
     current = json.loads(json.dumps(_regen_module().golden_records(), sort_keys=True))
     assert current.keys() == expected.keys()
     for name in expected:
-        assert _same(current[name], expected[name]), f"record {name} changed; rerun scripts/regen_goldens.py if intended"
+        assert _same(current[name], expected[name]), f"record {name} changed; rerun regen_goldens.py if intended"
 
 
 def _same(a, b) -> bool:

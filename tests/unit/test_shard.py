@@ -121,13 +121,9 @@ def test_c3_an_exception_inside_the_writer_commits_nothing(tmp_path):
 
 
 def test_c4_disk_full_is_a_clear_error_and_commits_nothing(tmp_path, monkeypatch):
-    class TinyDisk(io.FileIO):  # a file system with 4 KiB free
-        def write(self, data):
-            if self.tell() + len(data) > 4096:
-                raise OSError(errno.ENOSPC, "No space left on device")
-            return super().write(data)
+    from fixtures_faults import tiny_disk_open
 
-    monkeypatch.setattr(S, "open", lambda path, mode="rb": TinyDisk(path, mode.replace("b", "")), raising=False)
+    monkeypatch.setattr(S, "open", tiny_disk_open, raising=False)  # a file system with 4 KiB free
     with pytest.raises(OSError, match="disk full at .*shard-000000.tar.tmp") as ei:
         with S.ShardWriter(str(tmp_path), "shard-000000", header={}, fields=["rgb_BHW3"]) as w:
             w.add_batch(_batch(n=8, res=64, full=False))
