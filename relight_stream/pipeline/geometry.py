@@ -28,7 +28,7 @@ from relight_stream.config import GeometryConfig, RunConfig
 from relight_stream.kernels.color import srgb_to_linear
 from relight_stream.kernels.filters import downsample, resize_bilinear
 from relight_stream.kernels.normals import normals_from_depth, normals_from_mask
-from relight_stream.kernels.xp import asnumpy, get_xp, has_cupy
+from relight_stream.kernels.xp import asnumpy, get_xp, has_cupy, to_device
 from relight_stream.log import warn_once
 from relight_stream.pipeline.engine_batch import call_in_chunks
 from relight_stream.pipeline.stage import NonFiniteOutput, Stage, per_sample
@@ -198,18 +198,25 @@ class GeometryStage(Stage):
         return f"{self.cfg.backend} depth engine flavor={self.engine_flavor} weights={self.cfg.weights or 'random'}"
 
     def process(self, batch: SampleBatch) -> SampleBatch:
-        rgb, mask = asnumpy(batch["rgb_BHW3"]), asnumpy(batch["mask_BHW"])
+        if self.cfg.backend == "classical":  # mask inflation: OpenCV on the host
+            rgb, mask = asnumpy(batch["rgb_BHW3"]), asnumpy(batch["mask_BHW"])
+            xp = np
+        else:  # depth, normals and their resampling stay on the batch's device (CuPy after a GPU decode)
+            rgb = kernel_array(batch["rgb_BHW3"])
+            xp = get_xp(rgb)
+            mask = to_device(batch["mask_BHW"], xp)
         B, H, W = mask.shape
-        depth = np.zeros((B, H, W), np.float32)
-        normals = np.zeros((B, H, W, 3), np.float32)
+        depth = xp.zeros((B, H, W), xp.float32)
+        normals = xp.zeros((B, H, W, 3), xp.float32)
         normals[..., 2] = 1.0
         batch["depth_BHW"], batch["normals_BHW3"] = depth, normals
-        raw = self._run_engine(batch, rgb) if self.cfg.backend != "classical" else None
+        raw = self._run_engine(batch, xp) if self.cfg.backend != "classical" else None
+        flat = xp.asarray((0.0, 0.0, 1.0), xp.float32)
 
         f = work_factor((H, W), self.cfg.work_resolution)
 
         def one(i: int) -> None:
-            scale = depth_extent(mask[i])
+            scale = depth_extent(asnumpy(mask[i]))
             m_s = downsample(mask[i], f)
             if raw is None:
                 lin_s = srgb_to_linear(downsample(rgb[i].astype(np.float32) / 255.0, f))
@@ -220,7 +227,7 @@ class GeometryStage(Stage):
                 n_s = normals_from_depth(downsample(d, f), m_s, depth_scale=scale, smooth=0.004)
             outside = mask[i] <= 0.5
             n = renormalise(upsample_to(n_s, (H, W), f))
-            n[outside] = (0.0, 0.0, 1.0)
+            n[outside] = flat
             d[outside] = 0.0
             depth[i], normals[i] = d, n
             batch.meta[i]["geometry"] = {
@@ -233,14 +240,15 @@ class GeometryStage(Stage):
         per_sample(self, batch, one, check=("depth_BHW", "normals_BHW3"), parallel=True)
         return batch
 
-    def _run_engine(self, batch: SampleBatch, rgb: np.ndarray) -> np.ndarray | None:
+    def _run_engine(self, batch: SampleBatch, xp: Any) -> Any:
+        """Raw depth ``[B,H,W]`` float32 as an ``xp`` array (rows of dropped samples stay 0)."""
         idx = list(batch.kept())
-        out = np.zeros(rgb.shape[:3], np.float32)
+        out = xp.zeros(batch["mask_BHW"].shape, xp.float32)
         if not idx:
             return out
 
         def store(chunk: list[int], pred: Any) -> None:
-            out[chunk] = asnumpy(pred).astype(np.float32)
+            out[xp.asarray(chunk)] = to_device(kernel_array(pred), xp).astype(xp.float32)
 
         # Out of memory: retried in halved chunks, down to one sample, then dropped as geometry:oom (C8); any
         # other engine failure drops the chunk as geometry:error, recorded, never raised.
