@@ -21,8 +21,14 @@ MAX_FILL_BORDER_FRACTION = 0.95
 """Border limit for a frame-filling subject (see :func:`fill_from_fragments`): it may touch most of the border."""
 
 
-def guided_filter(guide_hw: np.ndarray, src_hw: np.ndarray, *, radius: int, eps: float) -> np.ndarray:
-    """Edge-preserving smoothing of ``src`` steered by ``guide`` (both float32 0–1, same shape)."""
+def guided_filter(guide_hw: np.ndarray, src_hw: np.ndarray, *, radius: int, eps: float,
+                  full_guide: np.ndarray | None = None) -> np.ndarray:
+    """Edge-preserving smoothing of ``src`` steered by ``guide`` (both float32 0–1, same shape).
+
+    ``full_guide``: the guide at a higher resolution. The filter's linear coefficients, smooth by construction, are
+    then upsampled and applied to it (the fast guided filter, He & Sun 2015), so the output has ``full_guide``'s
+    shape and follows its edges at full resolution for the cost of a filter at ``guide``'s.
+    """
     k = (2 * radius + 1, 2 * radius + 1)
 
     def box(x: np.ndarray) -> np.ndarray:
@@ -33,21 +39,28 @@ def guided_filter(guide_hw: np.ndarray, src_hw: np.ndarray, *, radius: int, eps:
     var_i = box(guide_hw * guide_hw) - mean_i * mean_i
     a = cov_ip / (var_i + eps)
     b = mean_p - a * mean_i
-    return box(a) * guide_hw + box(b)
+    if full_guide is None or full_guide.shape == guide_hw.shape:
+        return box(a) * (guide_hw if full_guide is None else full_guide) + box(b)
+    H, W = full_guide.shape
+
+    def up(x: np.ndarray) -> np.ndarray:
+        return cv2.resize(box(x), (W, H), interpolation=cv2.INTER_LINEAR)
+
+    return up(a) * full_guide + up(b)
 
 
 def soft_matte(rgb_HW3: np.ndarray, hard_hw: np.ndarray) -> np.ndarray:
     """Full-resolution soft matte (float32 0–1) from a low-resolution hard mask and the sRGB photo."""
     H, W = rgb_HW3.shape[:2]
-    coarse = cv2.resize(hard_hw.astype(np.float32), (W, H), interpolation=cv2.INTER_LINEAR)
-    # The guide is the photo at up to 512² (enough for a few-pixel soft edge); the result is upsampled.
+    # The filter runs at up to 512² (enough for a few-pixel soft edge); above that its coefficients are applied
+    # to the full-resolution photo, so the edge still follows the photo's own pixels.
     g = min(1.0, 512 / max(H, W))
     gh, gw = max(8, int(round(H * g))), max(8, int(round(W * g)))
-    guide = cv2.cvtColor(cv2.resize(rgb_HW3, (gw, gh), interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2GRAY)
-    src = cv2.resize(coarse, (gw, gh), interpolation=cv2.INTER_AREA)
-    alpha = guided_filter(guide.astype(np.float32) / 255.0, src, radius=max(2, gw // 96), eps=2e-3)
-    if (gh, gw) != (H, W):
-        alpha = cv2.resize(alpha, (W, H), interpolation=cv2.INTER_LINEAR)
+    src = cv2.resize(hard_hw.astype(np.float32), (gw, gh), interpolation=cv2.INTER_LINEAR)
+    gray = cv2.cvtColor(rgb_HW3, cv2.COLOR_RGB2GRAY)
+    guide = gray if (gh, gw) == (H, W) else cv2.resize(gray, (gw, gh), interpolation=cv2.INTER_AREA)
+    alpha = guided_filter(guide.astype(np.float32) / 255.0, src, radius=max(2, gw // 96), eps=2e-3,
+                          full_guide=gray.astype(np.float32) / 255.0)
     # A gentle contrast stretch keeps the interior solid and the transition a few pixels wide.
     return np.clip((alpha - 0.5) * 1.6 + 0.5, 0.0, 1.0).astype(np.float32)
 

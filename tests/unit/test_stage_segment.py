@@ -163,3 +163,19 @@ def test_a_benchmark_may_keep_implausible_masks_but_the_verdict_is_recorded() ->
     assert all(r is not None and r.startswith("segment:") for r in dropped.drop_reason)  # the default drops them
     assert out.keep_B.all() and [m["segment"]["verdict"] for m in out.meta] == [
         r.split(":")[1] for r in dropped.drop_reason]
+
+
+@pytest.mark.parametrize("edge", [515, 517, 519])
+def test_a_matte_above_512_follows_the_full_resolution_edge(edge: int) -> None:
+    from relight_stream.pipeline.segment_mask import soft_matte
+
+    rng = np.random.default_rng(edge)
+    img = np.full((1024, 1024, 3), 40, np.uint8)
+    img[:, edge:] = 200  # a subject boundary on an odd pixel: between two pixels of the 512² filter grid
+    img = np.clip(img + rng.normal(0, 3, img.shape), 0, 255).astype(np.uint8)
+    hard = np.zeros((128, 128), np.uint8)
+    hard[:, round(edge / 8) :] = 1  # GrabCut's answer at 128²: the nearest column, up to 4 px off
+    alpha = soft_matte(img, hard)
+    crossings = (alpha >= 0.5).argmax(axis=1)
+    assert (crossings == edge).mean() > 0.95  # the matte switches on the photo's own edge pixel
+    assert alpha.shape == (1024, 1024) and alpha[:, : edge - 8].max() < 0.1 and alpha[:, edge + 8 :].min() > 0.9
