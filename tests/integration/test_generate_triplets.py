@@ -136,6 +136,31 @@ def test_shards_load_with_hf_datasets(classical_run: Path) -> None:
     assert first["input_image"].size == first["edited_image"].size and first["edit_prompt"] == row["instruction.txt"]
 
 
+def test_triplet_shards_load_every_member_in_dali(classical_run: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from nvidia.dali import fn, pipeline_def
+
+    samples = _samples(classical_run)
+    exts = sorted(k for k in samples[0] if not k.startswith("__"))
+    assert {"input.jpg", "target.jpg", "instruction.txt", "meta.json", "mask.png", "normals.png"} <= set(exts)
+    tars = sorted(str(p) for p in classical_run.glob("shard-*.tar"))
+    idx = [str(tmp_path / Path(t).with_suffix(".idx").name) for t in tars]
+    for t, i in zip(tars, idx):  # DALI's index, made by the tool DALI ships
+        subprocess.run([str(Path(sys.executable).with_name("wds2idx")), t, i], check=True, capture_output=True)
+
+    @pipeline_def(batch_size=len(samples), num_threads=1, device_id=None)
+    def pipe():  # every member of every sample, or an error: the field set is the same in every sample
+        return tuple(fn.readers.webdataset(paths=tars, index_paths=idx, ext=exts, missing_component_behavior="error"))
+
+    p = pipe()
+    p.build()
+    outs = dict(zip(exts, p.run()))
+    for j, s in enumerate(samples):
+        assert all(bytes(outs[e].at(j)) == s[e] for e in exts), s["__key__"]
+
+
 def test_neural_backends_with_tiny_random_weights(inputs, tmp_path: Path) -> None:
     pytest.importorskip("sam2")
     import torch
