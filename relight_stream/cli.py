@@ -8,7 +8,6 @@ Hugging Face library at import time, so ``--offline`` takes effect before the fi
 
 from __future__ import annotations
 
-import errno
 import importlib
 import importlib.util
 import logging
@@ -69,10 +68,11 @@ def _invoke(ctx: click.Context, command: str, cls: type, config_file: str | None
     except ValueError as exc:
         raise RunError(str(exc)) from exc
     except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):  # disk full: a message, not a traceback (C4)
+        from relight_stream.fileio import disk_full
+
+        if (message := disk_full(exc)) is None:  # disk full: a message, not a traceback (C4)
             raise
-        raise RunFailed(f"{exc.strerror or exc}; nothing partial was committed, rerun to resume once there is "
-                        "space") from exc
+        raise RunFailed(message) from exc
     except RuntimeError as exc:
         from relight_stream.pipeline.runner import StageSetupError
 

@@ -96,6 +96,13 @@ def _unlink(path: str) -> None:
         pass
 
 
+def disk_full(exc: BaseException) -> str | None:
+    """The one-line message for a full disk or quota (``ENOSPC``/``EDQUOT``), or None for any other error."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"{exc.strerror or exc}; nothing partial was committed, rerun to resume once there is space"
+    return None
+
+
 def _disk_error(exc: OSError, path: str) -> OSError:
     if exc.errno == errno.ENOSPC:
         return OSError(errno.ENOSPC, f"disk full at {path}")

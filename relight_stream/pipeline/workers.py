@@ -251,6 +251,13 @@ def _worker_main(cfg: GenerateConfig, run: RunConfig, env: dict[str, str], stage
     except (ValueError, StageSetupError) as exc:  # a bad run: the message and exit code of the one-process CLI
         logging.getLogger("relight_stream").error("%s", exc)
         code = 2
+    except OSError as exc:  # a full disk: the one-process CLI's message and exit code, not a traceback (C4)
+        from relight_stream.fileio import disk_full
+
+        if (message := disk_full(exc)) is None:
+            raise
+        logging.getLogger("relight_stream").error("%s", message)
+        code = 1
     channel.close()
     channel.join_thread()
     sys.exit(int(code or 0))

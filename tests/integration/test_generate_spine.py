@@ -326,3 +326,24 @@ def test_c4_disk_full_from_the_cli_is_a_clear_message_and_commits_nothing(photos
     assert res.exit_code == 1, res.output
     assert "disk full at" in res.output and "shard-000000.tar" in res.output and "Traceback" not in res.output
     assert not list(out.glob("shard-*.tar")) and not list(out.glob("*.tmp-*"))
+
+
+def test_c4_disk_full_in_worker_processes_is_the_same_message_and_exit(photos_dir, tmp_path, monkeypatch, capfd):
+    from click.testing import CliRunner
+
+    from relight_stream.cli import cli
+
+    # the spawned workers start from scratch: a sitecustomize on their path gives them the 4 KiB disk too
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import relight_stream.pipeline.shard as S\nfrom fixtures_faults import tiny_disk_open\nS.open = tiny_disk_open\n")
+    tests_dir = Path(__file__).resolve().parents[1]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(hook), str(tests_dir), os.environ.get("PYTHONPATH", "")]))
+    out = tmp_path / "out"
+    res = CliRunner().invoke(cli, ["--device", "cpu", "generate", str(photos_dir), "--out", str(out), "--resolution",
+                                   "64", "--samples-per-shard", "4", "--workers", "2"])
+    assert res.exit_code == 1, res.output
+    err = capfd.readouterr().err  # the workers log to the inherited stderr
+    assert "disk full at" in err and "rerun to resume" in err and "Traceback" not in err + res.output
+    assert not list(out.glob("shard-*.tar")) and not list(out.glob("*.tmp-*"))
