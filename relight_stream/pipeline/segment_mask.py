@@ -113,9 +113,10 @@ def plausibility(mask_hw: np.ndarray, cfg: SegmentConfig, *, fills_frame: bool =
                  ) -> tuple[str | None, dict[str, float]]:
     """Drop code (``empty_mask``/``implausible_mask``/``indecisive_mask``) or ``None``, and the statistics behind it.
 
-    ``uncertain`` is the share of the mask's support (p > 0.1) where 0.1 < p < 0.9: a matte has soft edges only
-    (classical masks: <= 0.27 even at 64²), while a model that cannot tell subject from background (untrained or
-    wrong weights) answers p ≈ 0.5 everywhere; above :data:`MAX_UNCERTAIN` the mask is ``indecisive_mask``.
+    ``uncertain`` is the share of the mask's support (p > 0.1) where 0.3 < p < 0.7: a matte passes through that
+    band only at its edges (classical masks: <= 0.16 at 64², small subjects included), while a model that cannot
+    tell subject from background (untrained or wrong weights) answers p ≈ 0.5 everywhere (1.0); above
+    :data:`MAX_UNCERTAIN` the mask is ``indecisive_mask``.
 
     Args:
         mask_hw: The mask (float 0–1 or bool), any size.
@@ -128,7 +129,7 @@ def plausibility(mask_hw: np.ndarray, cfg: SegmentConfig, *, fills_frame: bool =
     f = max(1, -(-max(mask_hw.shape) // 256))  # the shape statistics need no more than 256²
     small = mask_hw[::f, ::f] if f > 1 else mask_hw
     support = small > 0.1
-    uncertain = float((support & (small < 0.9)).sum() / max(1, support.sum()))
+    uncertain = float((support & (small > 0.3) & (small < 0.7)).sum() / max(1, support.sum()))
     hard = (small >= 0.5).astype(np.uint8)
     border = np.concatenate([hard[0], hard[-1], hard[:, 0], hard[:, -1]])
     n, _, stats, _ = cv2.connectedComponentsWithStats(hard, connectivity=8)
