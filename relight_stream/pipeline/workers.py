@@ -100,7 +100,8 @@ def available_memory_bytes() -> int | None:
 
     ``MemAvailable`` of ``/proc/meminfo`` counts reclaimable page cache, which ``sysconf(SC_AVPHYS_PAGES)``
     (``MemFree``) does not: on a machine that has read a dataset, free memory is a small part of what workers
-    can have. A cgroup v2 ``memory.max`` (a container's limit) lowers it further.
+    can have. A cgroup v2 ``memory.max`` (a container's limit) lowers it further, less the container's working
+    set (``memory.current`` minus its reclaimable ``inactive_file`` pages).
     """
     avail = None
     try:
@@ -122,7 +123,15 @@ def available_memory_bytes() -> int | None:
         with open("/sys/fs/cgroup/memory.current") as f:
             used = int(f.read().strip())
         if limit != "max":
-            avail = min(avail, max(0, int(limit) - used))
+            # memory.current counts the page cache too: the inactive file pages are reclaimable (kubelet's
+            # working set), or a container that has just read its dataset would look full
+            try:
+                with open("/sys/fs/cgroup/memory.stat") as f:
+                    stat = dict(line.split() for line in f if line.strip())
+                used -= int(stat.get("inactive_file", 0))
+            except (OSError, ValueError):
+                pass
+            avail = min(avail, max(0, int(limit) - max(0, used)))
     except (OSError, ValueError):
         pass
     return avail

@@ -336,8 +336,8 @@ def test_c4_disk_full_in_worker_processes_is_the_same_message_and_exit(photos_di
     # the spawned workers start from scratch: a sitecustomize on their path gives them the 4 KiB disk too
     hook = tmp_path / "hook"
     hook.mkdir()
-    (hook / "sitecustomize.py").write_text(
-        "import relight_stream.pipeline.shard as S\nfrom fixtures_faults import tiny_disk_open\nS.open = tiny_disk_open\n")
+    (hook / "sitecustomize.py").write_text("import relight_stream.pipeline.shard as S\n"
+                                           "from fixtures_faults import tiny_disk_open\nS.open = tiny_disk_open\n")
     tests_dir = Path(__file__).resolve().parents[1]
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(hook), str(tests_dir), os.environ.get("PYTHONPATH", "")]))
     out = tmp_path / "out"

@@ -272,7 +272,8 @@ def test_available_memory_counts_reclaimable_cache_and_a_container_limit(tmp_pat
     import builtins
 
     files = {"/proc/meminfo": "MemTotal:  16000000 kB\nMemFree:  1000 kB\nMemAvailable:  8388608 kB\n",
-             "/sys/fs/cgroup/memory.max": "max\n", "/sys/fs/cgroup/memory.current": "123\n"}
+             "/sys/fs/cgroup/memory.max": "max\n", "/sys/fs/cgroup/memory.current": "123\n",
+             "/sys/fs/cgroup/memory.stat": None}
     real_open = builtins.open
 
     def fake_open(path, *args, **kwargs):
@@ -289,6 +290,9 @@ def test_available_memory_counts_reclaimable_cache_and_a_container_limit(tmp_pat
     files["/sys/fs/cgroup/memory.max"] = f"{3 * 2**30}\n"
     files["/sys/fs/cgroup/memory.current"] = f"{2**30}\n"
     assert workers_mod.available_memory_bytes() == 2 * 2**30  # the container's limit less its usage
+    files["/sys/fs/cgroup/memory.current"] = f"{int(2.75 * 2**30)}\n"  # it has just read its dataset:
+    files["/sys/fs/cgroup/memory.stat"] = f"anon 1000\ninactive_file {int(2.5 * 2**30)}\nactive_file 10\n"
+    assert workers_mod.available_memory_bytes() == int(2.75 * 2**30)  # the cache is reclaimable, not used
     files["/proc/meminfo"] = None
     files["/sys/fs/cgroup/memory.max"] = None
     monkeypatch.setattr(os, "sysconf", lambda name: {"SC_AVPHYS_PAGES": 2**18, "SC_PAGE_SIZE": 4096}[name])
