@@ -142,7 +142,7 @@ def filter_cmd(ctx, inputs, out, scorer, top, threshold, splits, from_scores, cl
 @click.option("--segmenter-flavor", default=None,
               help="sam2: hiera-t | hiera-s (default) | hiera-b+ | hiera-l; sam3: sam3 (default); tiny (tests)")
 @click.option("--segmenter-weights", default=None,
-              help="facebook/sam2.1-hiera-small@<commit> | facebook/sam3@<commit> | local | random (benchmarks)")
+              help="facebook/sam2.1-hiera-small@<commit> | facebook/sam3@<commit> | local | random (sam2 benchmarks)")
 @click.option("--segment-prompt", default=None, help="sam3: concepts to segment, e.g. person,dog (default person)")
 @click.option("--depth", type=click.Choice(["classical", "depth-anything", "dpt"]), default=None)
 @click.option("--depth-flavor", default=None,

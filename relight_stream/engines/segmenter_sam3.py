@@ -234,5 +234,6 @@ def sam3_flavors() -> dict[str, EngineSpec]:
         KIND, "sam3", _build, Sam3Engine, input_size=1008, hf_id=HF_ID,
         config={"image_size": 1008, "queries": 200},
         description="SAM 3 (ViT-L/14 PE backbone, CLIP text encoder, DETR detector) at 1008²; weights required",
+        random_build=False,
     )
     return {"tiny": tiny, "sam3": real, "base": real}

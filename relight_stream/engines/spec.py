@@ -79,6 +79,8 @@ class EngineSpec:
         hf_file: file inside ``hf_id`` holding the weights (``None`` = the whole repository).
         config: architecture parameters, recorded in build sidecars.
         description: one line for ``list_engines``.
+        random_build: whether the flavor can be built with random weights (a full-size model whose architecture
+            only comes with its weights cannot).
     """
 
     kind: str
@@ -90,6 +92,7 @@ class EngineSpec:
     hf_file: str | None = None
     config: Mapping[str, Any] = field(default_factory=dict)
     description: str = ""
+    random_build: bool = True
 
 
 _HF_RE = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)@(?P<rev>[\w.-]+)$")
@@ -100,7 +103,8 @@ def check_revision(repo: str, rev: str | None, what: str) -> None:
     """Refuse a hub ``repo`` without a pinned commit: a branch or tag (``main``, ``v1``) can move under a run.
 
     Raises:
-        ValueError: ``rev`` missing or not a commit sha (hex; the Hub wants all 40 digits).
+        ValueError: ``rev`` missing or not a lowercase hex commit sha (7-40 digits here; give all 40, which is
+            what the Hub resolves for certain).
     """
     if not rev or not _COMMIT_RE.match(rev):
         got = f"'{rev}' is a branch or tag, which can move" if rev else "no revision"

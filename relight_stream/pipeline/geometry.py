@@ -86,6 +86,9 @@ def check_engine_args(kind: str, flavor: str, weights: str | None) -> None:
                          "weights (`--segmenter-weights`/`--depth-weights`, or `weights:` in the YAML); "
                          "`weights: random` runs the untrained architecture (benchmarks only)")
     ref = parse_weights(weights, spec)
+    if ref.source == "random" and not spec.random_build:
+        raise ValueError(f"{kind} flavor {flavor!r} has no random-weight build (its architecture comes with its "
+                         f"weights): give '{spec.hf_id}@<commit sha>' or a local folder")
     if ref.source == "random":
         warn_once(log, f"{kind} {flavor}: random weights — its outputs are noise (tests, demos and benchmarks "
                        "only); give real weights for training data")

@@ -62,7 +62,9 @@ def test_sam3_needs_weights_prompts_and_a_threshold_in_range() -> None:
         SegmentStage(SegmentConfig(backend="sam3", flavor="tiny", prompts=()))
     with pytest.raises(ValueError, match="score_threshold"):
         SegmentStage(SegmentConfig(backend="sam3", flavor="tiny", score_threshold=1.5))
-    assert SegmentStage(SegmentConfig(backend="sam3", weights="random")).engine_flavor == "sam3"
+    with pytest.raises(ValueError, match="no random-weight build"):  # refused before a dry run promises it
+        SegmentStage(SegmentConfig(backend="sam3", weights="random"))
+    assert SegmentStage(SegmentConfig(backend="sam3", flavor="tiny", weights="random")).engine_flavor == "tiny"
 
 
 def test_generate_runs_with_sam3_and_records_it(photos_dir, tmp_path, monkeypatch) -> None:
