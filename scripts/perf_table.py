@@ -78,6 +78,7 @@ def machine_line(m: dict[str, Any]) -> str:
     cpu = f"CPU {m.get('cpu', '?')}, {m.get('cores', '?')} cores ({m.get('torch_threads', '?')} torch threads)"
     where = m.get("gpu") or cpu
     vers = ", ".join(f"{k} {m[k]}" for k in ("torch", "cuda", "python", "numpy") if m.get(k))
+    vers += "".join(f", {k} {v}" for k, v in sorted(m.get("versions", {}).items()) if k.startswith("onnxruntime"))
     return f"{where}; {vers}"
 
 
@@ -96,11 +97,56 @@ def section(path: Path, result: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+HEADLINE_KEYS = ("images_per_s", "samples_per_s", "img_s", "speedup", "meets_target", "best")
+
+
+def headline(result: dict[str, Any]) -> str:
+    """The result's top-level figures (throughput, speed-ups, target verdicts), for the summary table."""
+    items = [(k, v) for k, v in sorted(result.items())
+             if any(h in k for h in HEADLINE_KEYS) and isinstance(v, (int, float, bool, str))]
+    if items:
+        return ", ".join(f"{k} {_cell(v)}" for k, v in items[:6])
+    if result.get("target") == "all":
+        return f"{len(result.get('results', {}))} targets"
+    rows = result.get("rows", [])
+    for unit, key, sign in (("img/s", "images_per_s", 1), ("samples/s", "samples_per_s", 1), ("x", "speedup", 1),
+                            ("ms", "median_ms", -1), ("ms", "ms", -1)):
+        rated = [r for r in rows if isinstance(r.get(key), (int, float))]
+        if rated:
+            lo, hi = min(rated, key=lambda r: sign * r[key]), max(rated, key=lambda r: sign * r[key])
+            word = ("highest", "lowest") if key == "speedup" else ("fastest", "slowest")
+            return (f"{len(rows)} rows; {word[0]} {_label(hi)} {_cell(hi[key])} {unit}, "
+                    f"{word[1]} {_label(lo)} {_cell(lo[key])} {unit}")
+    return f"{len(rows)} rows"
+
+
+def _label(row: dict[str, Any]) -> str:
+    name = " ".join(str(row[k]) for k in ("name", "kernel", "stage", "scene", "flavor", "backend", "method")
+                    if row.get(k) is not None)
+    size = next((f"{row[k]}²" for k in ("resolution", "size") if isinstance(row.get(k), int)), "")
+    return " ".join(x for x in (name, size, f"batch {row['batch']}" if row.get("batch") else "") if x)
+
+
+def summary(files: list[Path]) -> str:
+    """One line per result file: what was measured, on what, and its headline figures."""
+    rows = []
+    for path in files:
+        r = json.loads(path.read_text())
+        cfg, m = r.get("config", {}), r.get("machine", {})
+        what = f"{r.get('target', '?')}" + (f" (compare {cfg['compare']})" if cfg.get("compare") else "")
+        rows.append({"target": what + (" tiny" if cfg.get("tiny") else ""),
+                     "machine": m.get("gpu") or f"CPU, {m.get('cores', '?')} cores",
+                     "headline": headline(r), "file": f"`{path.name}`"})
+    return "## Summary\n\n" + markdown_table(rows) + "\n"
+
+
 def render(results_dir: Path) -> str:
     parts = [HEADER]
     files = sorted(results_dir.glob("*.json"))
     if not files:
         parts.append("No results committed yet.\n")
+    else:
+        parts.append(summary(files))
     for path in files:
         parts.append(section(path, json.loads(path.read_text())))
     return "\n".join(parts).rstrip() + "\n"

@@ -37,3 +37,16 @@ def test_committed_doc_matches_committed_results() -> None:
     module = _perf_table()
     assert module.main(["--results", str(ROOT / "bench" / "results"), "--out", str(ROOT / "docs" / "performance.md"),
                         "--check"]) == 0, "run: python scripts/perf_table.py"
+
+
+def test_the_summary_gives_each_file_its_headline_figures(tmp_path) -> None:
+    pt = _perf_table()
+    rows = [{"name": "a", "resolution": 512, "images_per_s": 10.0}, {"name": "b", "resolution": 1024, "images_per_s": 2.5}]
+    (tmp_path / "x.json").write_text(json.dumps({"target": "generate", "rows": rows, "machine": {"cores": 2},
+                                                 "config": {}, "e2e_images_per_s_512": 12.3, "meets_target": True}))
+    (tmp_path / "y.json").write_text(json.dumps({"target": "decode", "rows": rows, "machine": {"gpu": "H100"},
+                                                 "config": {"tiny": True}}))
+    text = pt.render(tmp_path)
+    summary = text[text.index("## Summary"):text.index("## generate")]
+    assert "| generate | CPU, 2 cores | e2e_images_per_s_512 12.3, meets_target True | `x.json` |" in summary
+    assert "| decode tiny | H100 | 2 rows; fastest a 512² 10 img/s, slowest b 1024² 2.5 img/s | `y.json` |" in summary
