@@ -41,7 +41,8 @@ def test_committed_doc_matches_committed_results() -> None:
 
 def test_the_summary_gives_each_file_its_headline_figures(tmp_path) -> None:
     pt = _perf_table()
-    rows = [{"name": "a", "resolution": 512, "images_per_s": 10.0}, {"name": "b", "resolution": 1024, "images_per_s": 2.5}]
+    rows = [{"name": "a", "resolution": 512, "images_per_s": 10.0},
+            {"name": "b", "resolution": 1024, "images_per_s": 2.5}]
     (tmp_path / "x.json").write_text(json.dumps({"target": "generate", "rows": rows, "machine": {"cores": 2},
                                                  "config": {}, "e2e_images_per_s_512": 12.3, "meets_target": True}))
     (tmp_path / "y.json").write_text(json.dumps({"target": "decode", "rows": rows, "machine": {"gpu": "H100"},
