@@ -31,7 +31,7 @@ from relight_stream.kernels.normals import normals_from_depth, normals_from_mask
 from relight_stream.kernels.xp import asnumpy, get_xp, has_cupy, to_device
 from relight_stream.log import warn_once
 from relight_stream.pipeline.engine_batch import call_in_chunks
-from relight_stream.pipeline.stage import NonFiniteOutput, Stage, per_sample
+from relight_stream.pipeline.stage import NonFiniteOutput, Stage, is_finite, per_sample
 from relight_stream.sample import SampleBatch
 
 log = logging.getLogger(__name__)
@@ -145,7 +145,7 @@ def normalise_depth(raw_hw: Any, mask_hw: Any) -> Any:
         ValueError: the foreground is empty (under 16 pixels) or has no depth range (flat output).
     """
     xp = get_xp(raw_hw)
-    if not bool(xp.isfinite(raw_hw).all()):
+    if not is_finite(raw_hw):
         raise NonFiniteOutput("depth_BHW", "depth engine output is non-finite")
     inside = mask_hw > 0.5
     vals = raw_hw[inside]

@@ -35,7 +35,7 @@ from relight_stream.kernels.render import composite, render_shading
 from relight_stream.kernels.xp import get_xp, to_device
 from relight_stream.keys import sample_rng, sample_seed
 from relight_stream.pipeline.geometry import kernel_array, upsample_to, work_factor
-from relight_stream.pipeline.stage import NonFiniteOutput, Stage, per_sample
+from relight_stream.pipeline.stage import NonFiniteOutput, Stage, is_finite, per_sample
 from relight_stream.sample import SampleBatch
 
 log = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ class RelightStage(Stage):
             def render(params: dict) -> tuple:
                 sh_s, spec_s = render_shading(n_s, d_s, params)
                 # checked at work resolution (cheap): the upsampling of finite values is finite
-                if not (bool(xp.isfinite(sh_s).all()) and (spec_s is None or bool(xp.isfinite(spec_s).all()))):
+                if not (is_finite(sh_s) and (spec_s is None or is_finite(spec_s))):
                     raise NonFiniteOutput("shading_BHW3", "non-finite shading or specular from render_shading")
                 shading = upsample_to(sh_s, (H, W), f)
                 relit = albedo[i] * shading
@@ -139,14 +139,15 @@ class RelightStage(Stage):
                 p2 = self.draw(key, ds, "relight_l2")
                 p12 = combine_lights(p1, p2)
                 i2, i12 = (render(p)[0] * np.float32(k) for p in (p2, p12))  # one exposure keeps i12 = i1 + i2
-                if not (bool(xp.isfinite(i2).all()) and bool(xp.isfinite(i12).all())):
-                    raise NonFiniteOutput("input_l2_BHW3" if not bool(xp.isfinite(i2).all()) else "input_l12_BHW3")
+                for name, img in (("input_l2_BHW3", i2), ("input_l12_BHW3", i12)):
+                    if not is_finite(img):
+                        raise NonFiniteOutput(name)
                 out["input_l1_BHW3"][i] = encode_input(relit, mask[i])
                 out["input_l2_BHW3"][i] = encode_input(i2, mask[i])
                 out["input_l12_BHW3"][i] = encode_input(i12, mask[i])
                 rec["consistency"] = {"l2": {**p2, **seed_record(self.seed, key, "relight_l2")},
                                       "l12_variant": p12["variant"]}
-            if not bool(xp.isfinite(relit).all()):
+            if not is_finite(relit):
                 raise NonFiniteOutput("input_BHW3", "non-finite relit image")
             out["input_BHW3"][i] = encode_input(relit, mask[i])
             batch.meta[i]["relight"] = rec
