@@ -100,6 +100,11 @@ class SegmentConfig:
     """Masks covering less than this fraction of the image are skipped as ``segment:empty_mask``."""
     max_area: float = 0.98
 
+    def __post_init__(self) -> None:
+        if self.backend != "sam3" and tuple(self.prompts) != ("person",):
+            raise ValueError(f"segment.prompts (--segment-prompt) is read only by the sam3 backend, not by "
+                             f"{self.backend!r}: add --segmenter sam3 or drop the prompts")
+
 
 @dataclass(kw_only=True, slots=True)
 class GeometryConfig:

@@ -31,10 +31,9 @@ def write_card(out: Path, *, cfg: TrainConfig, model: Any, shards: list[str], lo
 
 # Relighting InstructPix2Pix ({'SDXL' if model.kind == 'sdxl' else 'SD'})
 
-Fine-tuned with `relight-stream train` from **{base}** for {step} steps at {cfg.resolution}² (seed {seed}).
-
-Training resolution: **{cfg.resolution}x{cfg.resolution} px** (recorded in `training_stats.json`;
-`relight-stream infer` uses it unless given `--resolution`).
+Fine-tuned with `relight-stream train` from **{base}** for {step} steps (seed {seed}) at a training resolution of
+**{cfg.resolution}x{cfg.resolution} px** (recorded in `training_stats.json`; `relight-stream infer` uses it unless
+given `--resolution`).
 
 ## Data
 

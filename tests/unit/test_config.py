@@ -49,6 +49,11 @@ def test_post_init_validation():
         C.build_config(C.FilterConfig, {"top": 3, "threshold": 0.5})
     with pytest.raises(ValueError, match="summing to 1"):
         C.build_config(C.FilterConfig, {"splits": [0.5, 0.1, 0.1]})
+    # prompts only steer SAM 3; on another segmenter they would be ignored without a word
+    with pytest.raises(ValueError, match="read only by the sam3 backend"):
+        C.build_config(C.GenerateConfig, {"segment": {"prompts": ["dog"]}})
+    cfg = C.build_config(C.GenerateConfig, {"segment": {"backend": "sam3", "prompts": ["dog"]}})
+    assert cfg.segment.prompts == ("dog",)
 
 
 def test_lists_become_tuples_and_ints_floats():
