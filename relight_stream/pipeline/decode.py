@@ -2,8 +2,10 @@
 
 Per sample (:func:`decode_image`): reads raw file bytes; writes an sRGB uint8 ``H×W×3`` array at ``resolution``²
 plus a JSON-able ``info`` dict, or raises :class:`DecodeError` with a reason code. It lives in
-:mod:`~relight_stream.pipeline.decode_cpu` (pixels) and :mod:`~relight_stream.pipeline.decode_probe` (header checks);
-the names are re-exported here.
+:mod:`~relight_stream.pipeline.decode_cpu` (the per-sample decode), :mod:`~relight_stream.pipeline.decode_pixels`
+(pixel decoders, orientation, alpha, square fit), :mod:`~relight_stream.pipeline.decode_suspicious` (the
+constant-output check) and :mod:`~relight_stream.pipeline.decode_probe` (header checks); the names are re-exported
+here.
 
 Batches (:func:`decode_batches`, the API other commands build on): reads :class:`~relight_stream.pipeline.sources.
 InputItem` s; yields :class:`~relight_stream.sample.SampleBatch` es of up to ``batch_size`` with
@@ -63,17 +65,11 @@ from relight_stream.config import DecodeConfig
 from relight_stream.kernels.xp import asnumpy
 from relight_stream.log import pool_threads
 from relight_stream.pipeline.decode_cpu import (  # noqa: F401  (re-exported: the public decode API)
-    check_suspicious,
-    composite,
     decode_full,
     decode_image,
     decode_probed,
-    disagrees,
-    fit_square,
-    is_constant,
-    orient,
-    second_opinion,
 )
+from relight_stream.pipeline.decode_pixels import composite, fit_square, orient
 from relight_stream.pipeline.decode_probe import (  # noqa: F401
     REASONS,
     DecodeError,
@@ -83,6 +79,7 @@ from relight_stream.pipeline.decode_probe import (  # noqa: F401
     probe,
     sniff_format,
 )
+from relight_stream.pipeline.decode_suspicious import check_suspicious, disagrees, is_constant, second_opinion
 
 __all__ = ["REASONS", "DecodeError", "check_png", "check_suspicious", "composite", "decode_batches", "decode_full",
            "decode_image", "decode_probed", "decode_writes", "disagrees", "fit_square", "is_constant", "jpeg_complete",

@@ -94,7 +94,7 @@ class DaliDecoder:
             import torch
 
             return torch.from_dlpack(out.as_tensor()).clone()  # copy before the next run() reuses the buffer
-        from relight_stream.pipeline.decode_cpu import fit_square
+        from relight_stream.pipeline.decode_pixels import fit_square
 
         imgs = [np.asarray(out.at(i)) for i in range(len(blobs))]
         if self.dali_resize:
@@ -104,7 +104,7 @@ class DaliDecoder:
 
 
 def square_graph(img: Any, enc: Any, res: int, mode: str, background: Any) -> Any:
-    """DALI graph of :func:`relight_stream.pipeline.decode_cpu.fit_square`: the same square, on the same pixels.
+    """DALI graph of :func:`relight_stream.pipeline.decode_pixels.fit_square`: the same square, on the same pixels.
 
     ``crop``: the centre square of the oriented image (its size from the JPEG header: ``peek_image_shape``, on the
     CPU) resized to ``res``² in one pass through the resize's ROI. ``pad``: the longer side scaled to ``res``

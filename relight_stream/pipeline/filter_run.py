@@ -28,6 +28,11 @@ removes the parts. No process group is needed. With ``--device auto``/``cuda``, 
 
 CPU threads: with a CLIP stage on a CPU, torch (and onnxruntime sessions built after it) gets ``cores − decode
 workers`` threads (:func:`configure_threads`) unless ``OMP_NUM_THREADS`` or ``torch_threads`` says otherwise.
+
+The parts: :mod:`~relight_stream.pipeline.filter_stages` (scoring stages, CPU threads),
+:mod:`~relight_stream.pipeline.filter_scores` (the scores table), :mod:`~relight_stream.pipeline.filter_ranks`
+(rank parts and their merge), :mod:`~relight_stream.pipeline.filter_outputs` (selection, contact sheet, histogram);
+their public names are re-exported here.
 """
 
 from __future__ import annotations
@@ -35,7 +40,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
-import os
 import signal
 import threading
 from pathlib import Path
@@ -45,7 +49,8 @@ import numpy as np
 import pandas as pd
 
 from relight_stream.config import FilterConfig, RunConfig, config_to_dict, dump_config
-from relight_stream.log import cores_per_rank, pool_threads, rank_device, rank_world
+from relight_stream.log import rank_device, rank_world
+from relight_stream.pipeline.filter_outputs import write_outputs
 from relight_stream.pipeline.filter_ranks import (
     merge_embeddings,
     merge_stats,
@@ -53,148 +58,13 @@ from relight_stream.pipeline.filter_ranks import (
     run_fingerprint,
     wait_and_merge,
 )
-from relight_stream.pipeline.filter_report import score_label, write_histogram
-from relight_stream.pipeline.selection import (  # noqa: F401 (read_scores/write_scores: public here too)
-    BASE_COLUMNS,
-    contact_sheet,
-    ranking_score,
-    read_scores,
-    select,
-    sheet_rows,
-    top_negative,
-    write_scores,
-    write_selection,
-)
+from relight_stream.pipeline.filter_scores import ITEM_COLUMNS, ScoresSink, normalize_table  # noqa: F401
+from relight_stream.pipeline.filter_stages import build_stages, configure_threads, decode_workers
+from relight_stream.pipeline.selection import ranking_score, read_scores, write_scores  # public here too
 from relight_stream.pipeline.shard import atomic_write
-from relight_stream.pipeline.stage import Stage, describe_pipeline
-from relight_stream.sample import SampleBatch
+from relight_stream.pipeline.stage import describe_pipeline
 
 log = logging.getLogger(__name__)
-
-ITEM_COLUMNS = ("offset", "size", "width", "height", "format")
-
-
-def build_stages(cfg: FilterConfig, run: RunConfig) -> list[Stage]:
-    """The scoring stages for ``cfg.scorer``; config errors (head, prompts) raise here, before any model loads."""
-    from relight_stream.pipeline.clip_filter import ClipScoreStage, engine_args
-    from relight_stream.pipeline.lighting_score import PhotometricScoreStage
-
-    stages: list[Stage] = []
-    if cfg.scorer in ("photometric", "combined"):
-        stages.append(PhotometricScoreStage(subject=cfg.subject))
-    if cfg.scorer in ("clip", "combined"):
-        engine_args(cfg.clip)  # validates model/pretrained now rather than after decoding has started
-        stages.append(ClipScoreStage(cfg.clip, device=run.device, save_embeddings=cfg.save_embeddings))
-    return stages
-
-
-class ScoresSink:
-    """Collects one row per sample (and its embedding) from every batch the runner hands over."""
-
-    def __init__(self, items: dict[str, Any], save_embeddings: bool, columns: tuple[str, ...] = ()) -> None:
-        self.items = items
-        self.columns = columns
-        self.rows: dict[str, dict[str, Any]] = {}
-        self.embeddings: dict[str, np.ndarray] = {}
-        self.save_embeddings = save_embeddings
-
-    def __call__(self, batch: SampleBatch) -> None:
-        emb = batch.arrays.get("clip_embed_BD") if self.save_embeddings else None
-        for i, key in enumerate(batch.keys):
-            row = self._base(key)
-            meta = batch.meta[i]
-            row.update(status=batch.status(i), reason=batch.drop_reason[i], detail=meta.get("drop_detail"),
-                       format=meta.get("format"))
-            if meta.get("orig_size"):
-                row.update(width=meta["orig_size"][0], height=meta["orig_size"][1])
-            row.update(meta.get("scores", {}) if batch.keep_B[i] else {})
-            self.rows[key] = row
-            if emb is not None and batch.keep_B[i] and emb.shape[1]:
-                self.embeddings[key] = np.asarray(emb[i], np.float32)
-
-    def write_embeddings(self, path: Path, keys: list[str]) -> None:
-        """float16 ``[len(keys), D]``, row ``i`` for ``keys[i]`` (NaN where there is none); atomic."""
-        dim = len(next(iter(self.embeddings.values())))
-        emb = np.full((len(keys), dim), np.nan, np.float16)
-        for r, key in enumerate(keys):
-            if key in self.embeddings:
-                emb[r] = self.embeddings[key]
-        buf = io.BytesIO()
-        np.save(buf, emb)
-        atomic_write(str(path), buf.getvalue())
-
-    def _base(self, key: str) -> dict[str, Any]:
-        it = self.items.get(key)
-        if it is None:
-            return {"key": key, "path": None, "member": None, "offset": -1, "size": -1}
-        return {"key": key, "path": it.source, "member": it.member, "offset": it.offset, "size": it.size}
-
-    def table(self) -> pd.DataFrame:
-        """Every input once, in key order; inputs the run never reached are ``failed``/``filter:not_processed``."""
-        for key in self.items:
-            if key not in self.rows:
-                self.rows[key] = {**self._base(key), "status": "failed", "reason": "filter:not_processed",
-                                  "detail": None}
-        df = pd.DataFrame([self.rows[k] for k in sorted(self.rows)], columns=None if self.rows else [
-            *BASE_COLUMNS, *ITEM_COLUMNS])  # a rank with no work units still writes a (typed, empty) part
-        return normalize_table(df, self.columns)
-
-
-def normalize_table(df: pd.DataFrame, columns: tuple[str, ...] = ()) -> pd.DataFrame:
-    """Key order, fixed column order and dtypes (scores float, sizes Int64), ``clip_top_negative`` recomputed.
-
-    The one-process table and the merge of several ranks' parts both go through here, so they are identical.
-    """
-    df = df.drop(columns=["clip_top_negative"], errors="ignore").sort_values("key", kind="stable", ignore_index=True)
-    scores = sorted({*columns, *(c for c in df.columns if c not in BASE_COLUMNS and c not in ITEM_COLUMNS)})
-    df = df.reindex(columns=[*BASE_COLUMNS, *ITEM_COLUMNS, *scores])  # a column nobody reached stays NaN
-    for c in scores:
-        df[c] = df[c].astype(float)
-    df[["width", "height"]] = df[["width", "height"]].astype("Int64")
-    neg = top_negative(df)
-    if neg is not None:
-        df["clip_top_negative"] = neg
-    return df
-
-
-def _thumbnail_loader(items: dict[str, Any] | None, side: int = 128):
-    """``load(row) -> uint8 image | None``: re-reads the input (file or tar member) and decodes it small."""
-    from relight_stream.config import DecodeConfig
-    from relight_stream.pipeline.decode import decode_image
-    from relight_stream.pipeline.sources import InputItem
-
-    dcfg = DecodeConfig(resolution=side, min_size=1, max_aspect_ratio=1e9)
-
-    def load(row: Any) -> np.ndarray | None:
-        try:
-            it = (items or {}).get(row["key"])
-            if it is None:
-                member = row.get("member")
-                it = InputItem(row["key"], row["path"], member=member if isinstance(member, str) else None,
-                               offset=int(row.get("offset", -1)), size=int(row.get("size", -1)))
-            return decode_image(it.read(), dcfg, ext=it.ext)[0]
-        except Exception as exc:  # the sheet is a preview: an input gone since scoring leaves a grey tile
-            log.debug("contact sheet: cannot reload %s: %s", row["key"], exc)
-            return None
-
-    return load
-
-
-def _finish(cfg: FilterConfig, out: Path, df: pd.DataFrame, seed: int, items: dict[str, Any] | None,
-            extra: dict[str, Any]) -> None:
-    sel, stats = write_selection(out, df, scorer=cfg.scorer, top=cfg.top, threshold=cfg.threshold,
-                                 splits=cfg.splits, seed=seed, extra_stats=extra)
-    if cfg.contact_sheet > 0:
-        ranked, _ = select(df, ranking_score(df, cfg.scorer))
-        n = contact_sheet(out / "contact_sheet.jpg", sheet_rows(ranked, max(0, len(sel) - 1), cfg.contact_sheet),
-                          _thumbnail_loader(items), selected=set(sel["key"]))
-        log.info("contact sheet: %s (%d thumbnails)", out / "contact_sheet.jpg", n)
-    else:
-        (out / "contact_sheet.jpg").unlink(missing_ok=True)  # a stale sheet would show another selection
-    write_histogram(out, df["key"], df["status"], ranking_score(df, cfg.scorer), set(sel["key"]), stats["cutoff"],
-                    score_label(df, cfg.scorer))
-    log.info("filter done: %d inputs, %d ok, %d skipped, %d failed; %d selected -> %s", stats["inputs"], stats["ok"],
-             stats["skipped"], stats["failed"], stats["selected"], out)
 
 
 def _stop_flag() -> tuple[threading.Event, Any]:
@@ -206,39 +76,6 @@ def _stop_flag() -> tuple[threading.Event, Any]:
     for s in old:
         signal.signal(s, lambda *_: ev.set())
     return ev, lambda: [signal.signal(s, h) for s, h in old.items()]
-
-
-def configure_threads(device: str, decode_workers: int, asked: int = 0) -> int | None:
-    """Set torch's CPU intra-op threads so that the model does not fight the decode threads for cores.
-
-    On a CPU device: ``asked`` when > 0; else nothing when ``OMP_NUM_THREADS`` is set (the user's choice); else
-    ``max(1, cores − decode_workers)``, where cores are this process's usable cores shared among the node's
-    ranks (``LOCAL_WORLD_SIZE``). On 2 cores, torch's default of 2 threads next to 2 decode threads cut tiny-CLIP
-    ``filter`` throughput by an order of magnitude. onnxruntime sessions built afterwards take the same count.
-
-    Returns:
-        The thread count set, or None when nothing was changed (CUDA device, or ``OMP_NUM_THREADS`` set).
-    """
-    import torch
-
-    from relight_stream.engines.registry import resolve_device
-
-    if resolve_device(device).type != "cpu":
-        return None
-    if asked <= 0 and os.environ.get("OMP_NUM_THREADS"):
-        log.info("torch CPU threads: %d (OMP_NUM_THREADS is set)", torch.get_num_threads())
-        return None
-    cores = cores_per_rank()
-    n = asked if asked > 0 else max(1, cores - decode_workers)
-    torch.set_num_threads(n)
-    log.info("torch CPU threads: %d (%s; %d cores, %d decode workers)", n, "filter.torch_threads" if asked > 0
-             else "auto", cores, decode_workers)
-    return n
-
-
-def decode_workers(cfg: FilterConfig) -> int:
-    """Threads ``decode_batches`` uses for ``cfg`` (``decode.num_workers``, 0 meaning ``log.pool_threads()``)."""
-    return cfg.decode.num_workers or pool_threads()
 
 
 def run_filter(cfg: FilterConfig, run: RunConfig) -> int:
@@ -277,7 +114,7 @@ def run_filter(cfg: FilterConfig, run: RunConfig) -> int:
             print(f"filter (dry run): re-select {len(df)} scored inputs from {cfg.from_scores} by {cfg.scorer}, "
                   f"{rule}, splits {cfg.splits}, seed {seed} -> {out} (nothing written)")
             return 0
-        _finish(cfg, out, df, seed, None, {"from_scores": str(cfg.from_scores)})
+        write_outputs(cfg, out, df, seed, None, {"from_scores": str(cfg.from_scores)})
         return 0
 
     from relight_stream.pipeline.decode import decode_batches, resolve_dali
@@ -360,7 +197,7 @@ def run_filter(cfg: FilterConfig, run: RunConfig) -> int:
         log.warning("truncated input tars (samples after the cut are not in the plan): %s", plan.partial_inputs)
     extra = {"run": run_stats, "ignored": plan.ignored, "partial_inputs": plan.partial_inputs,
              "pipeline": meta["pipeline"]}
-    _finish(cfg, out, df, seed, items, extra)
+    write_outputs(cfg, out, df, seed, items, extra)
     for r in range(world if world > 1 else 0):
         part_path(out, r).unlink(missing_ok=True)
         part_path(out, r, "embeddings").unlink(missing_ok=True)

@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from relight_stream.log import rank_device
-from relight_stream.pipeline.filter_run import configure_threads, wait_and_merge, write_scores
+from relight_stream.pipeline.filter_ranks import wait_and_merge
+from relight_stream.pipeline.filter_stages import configure_threads
+from relight_stream.pipeline.selection import write_scores
 
 
 def test_merge_waits_only_for_parts_of_this_run(tmp_path):

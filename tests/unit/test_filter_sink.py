@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from relight_stream.pipeline.filter_run import ScoresSink
+from relight_stream.pipeline.filter_scores import ScoresSink
 from relight_stream.pipeline.sources import InputItem
 from relight_stream.sample import SampleBatch
 
