@@ -55,7 +55,7 @@ def test_training_records_its_resolution_and_warns_once_about_upscaling(trained)
     out, messages = trained
     final = out / "final"
     assert json.loads((final / "training_stats.json").read_text())["resolution"] == RES
-    assert f"Training resolution: **{RES}x{RES} px**" in (final / "README.md").read_text()
+    assert f"training resolution of\n**{RES}x{RES} px**" in (final / "README.md").read_text()
     unet, vae = (json.loads((final / p / "config.json").read_text()) for p in ("unet", "vae"))
     assert unet["sample_size"] * 2 ** (len(vae["block_out_channels"]) - 1) == RES  # the pipeline's default size
     assert sum("upscaled" in m for m in messages) == 1  # once per run, not per sample
