@@ -274,11 +274,12 @@ def infer_cmd(ctx, model, image, instruction, out, steps, resolution, guidance, 
 @click.option("--repeats", type=int, default=None)
 @click.option("--save", is_flag=True, default=None, help="Save the JSON result under bench/results/.")
 @click.option("--out", default=None, help="Also save the JSON result to this file.")
+@click.option("--example-script", default=None, help="example: diffusers' train_instruct_pix2pix.py (the baseline)")
 @config_option
 @click.pass_context
 def bench_cmd(ctx, target, tiny, json_only, compare, backend, precision, batch_sizes, repeats, save, out,
-              config_file) -> None:
-    """Measure throughput: TARGET in decode, kernels, albedo, filter, generate, train, engines, all.
+              example_script, config_file) -> None:
+    """Measure throughput: TARGET in decode, kernels, albedo, filter, generate, train, engines, example, all.
 
     Reads nothing but the bundled photos and random-weight models. Writes a table, then one JSON line (the last
     line of stdout); --out/--save also write the JSON result.
@@ -288,7 +289,7 @@ def bench_cmd(ctx, target, tiny, json_only, compare, backend, precision, batch_s
     except ValueError:
         raise click.BadParameter(f"expected comma-separated integers, got {batch_sizes!r}") from None
     flags = dict(target=target, tiny=tiny, json=json_only, compare=compare, backend=backend, precision=precision,
-                 batch_sizes=sizes, repeats=repeats, save=save, out=out)
+                 batch_sizes=sizes, repeats=repeats, save=save, out=out, example_script=example_script)
     _invoke(ctx, "bench", C.BenchConfig, config_file, flags)
 
 

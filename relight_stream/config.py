@@ -320,6 +320,8 @@ class BenchConfig:
     """Save the JSON result under ``bench/results/`` (or ``out``)."""
     json: bool = False
     """Print only the final JSON line (no human tables)."""
+    example_script: str | None = None
+    """``bench example``: path of diffusers' ``examples/instruct_pix2pix/train_instruct_pix2pix.py`` (the baseline)."""
 
 
 @dataclass(kw_only=True, slots=True)

@@ -1,6 +1,7 @@
 """``relight-stream bench TARGET``: dispatch to ``relight_stream.bench.<target>:bench_<target>(cfg, run)``.
 
-Targets: decode, kernels, albedo, filter, generate, train, engines, and ``all`` (every target whose module exists;
+Targets: decode, kernels, albedo, filter, generate, train, engines, example (against the diffusers example
+script; needs ``--example-script``), and ``all`` (every target whose module exists;
 missing ones are skipped with a note). A target returns ``{"target": name, "rows": [...], ...summary}``; each row
 is a flat dict, by convention ``name`` (what was timed), ``batch``, ``ms`` (median per call, synchronised GPU
 timing after warm-up), ``images_per_s`` and optional ``util_pct`` (achieved FLOP/s against the device's peak).
@@ -42,7 +43,7 @@ from relight_stream.config import BenchConfig, coerce, config_to_dict
 from relight_stream.fileio import atomic_write
 
 log = logging.getLogger(__name__)
-TARGETS = ("decode", "kernels", "albedo", "filter", "generate", "train", "engines")
+TARGETS = ("decode", "kernels", "albedo", "filter", "generate", "train", "engines", "example")
 RESULTS_DIR = Path("bench/results")
 NOT_IMPLEMENTED = 2
 

@@ -40,8 +40,9 @@ TARGETS = {256: 430.0, 512: 115.0}
 TARGET_SPEEDUP = 2.0
 
 
-def sd15_random(device: Any) -> IP2PModel:
-    """Full-size SD1.5 parts from their configs with random weights (UNet widened to 8 channels)."""
+def sd15_random(device: Any, *, widen: bool = True) -> IP2PModel:
+    """Full-size SD1.5 parts from their configs with random weights (UNet widened to 8 channels unless not
+    ``widen``)."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -51,7 +52,8 @@ def sd15_random(device: Any) -> IP2PModel:
                               num_hidden_layers=12, max_position_embeddings=77, bos_token_id=49406,
                               eos_token_id=49407, pad_token_id=49407)
     with torch.device(device):  # initialise on the device: random init of 1 B parameters is slow on the host
-        unet = widen_conv_in(UNet2DConditionModel(sample_size=64, cross_attention_dim=768))
+        unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768)
+        unet = widen_conv_in(unet) if widen else unet
         vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
                             up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4,
                             sample_size=512)

@@ -113,10 +113,11 @@ def widen_conv_in(unet: Any, in_channels: int = 8) -> Any:
 # ------------------------------------------------------------------------------------------ builders
 
 
-def build_tiny(kind: str = "sd", *, seed: int = 0) -> IP2PModel:
+def build_tiny(kind: str = "sd", *, seed: int = 0, widen: bool = True) -> IP2PModel:
     """A random-weight IP2P model (UNet ``block_out_channels=(32, 64)``, VAE /2, 2-layer CLIP) for tests and demos.
 
-    The UNet is built with 4 input channels and widened by :func:`widen_conv_in`, as a real base model is.
+    The UNet is built with 4 input channels and widened by :func:`widen_conv_in`, as a real base model is
+    (``widen=False``: the 4-channel base model itself).
     """
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
@@ -141,7 +142,8 @@ def build_tiny(kind: str = "sd", *, seed: int = 0) -> IP2PModel:
                         addition_time_embed_dim=8, projection_class_embeddings_input_dim=80)
     else:
         raise ValueError(f"unknown tiny kind {kind!r}")
-    unet = widen_conv_in(UNet2DConditionModel(**unet_cfg))
+    unet = UNet2DConditionModel(**unet_cfg)
+    unet = widen_conv_in(unet) if widen else unet
     vae = AutoencoderKL(block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=4,
                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
                         norm_num_groups=8, sample_size=64)

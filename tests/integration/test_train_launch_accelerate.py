@@ -98,3 +98,15 @@ def test_accelerate_launch_runs_two_ranks_with_correct_rank_and_world_size(tmp_p
     assert (path / "rank0.pt").is_file() and (path / "rank1.pt").is_file()  # every rank saved its own state
     assert ":r0] " in text and ":r1] " in text  # both ranks logged with their rank prefix
     assert (out / "final" / "model_index.json").is_file()
+
+
+@pytest.mark.parametrize("kind", ["FSDP", "DEEPSPEED", "MEGATRON_LM"])
+def test_sharded_launches_are_refused_with_a_clear_error(kind):
+    from accelerate.utils import DistributedType
+
+    from relight_stream.train.loop import refuse_sharding
+
+    with pytest.raises(ValueError, match=f"{kind} launches are not supported yet; use DDP"):
+        refuse_sharding(DistributedType[kind])
+    for ddp in ("NO", "MULTI_CPU", "MULTI_GPU"):
+        refuse_sharding(DistributedType[ddp])  # data-parallel launches pass

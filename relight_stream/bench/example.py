@@ -1,0 +1,177 @@
+"""``relight-stream bench example --example-script PATH``: ``relight-stream train`` against the diffusers example.
+
+The baseline is diffusers' own ``examples/instruct_pix2pix/train_instruct_pix2pix.py`` (it is not in the pip wheel:
+pass the path of a copy from the diffusers repository). Both trainers run as subprocesses on the same machine with
+the same settings:
+
+* data: synthetic triplet shards (``train/fixtures.py``) for ours, exported once to parquet with the script's
+  default column names (``input_image``, ``edit_prompt``, ``edited_image``) for the script — the README's export;
+* model: one 4-channel base SD folder that both widen to 8 input channels themselves — on the CPU the ``tiny`` model
+  (random weights), on CUDA the full-size SD1.5 architecture (random weights; the FLOPs are those of real ones);
+* resolution, per-device batch, mixed precision (``no`` on the CPU, ``bf16`` on CUDA unless ``--precision``),
+  seed, data-loader workers, no EMA, no validation, no checkpoint before the end, no conditioning-dropout
+  difference that costs time.
+
+Each trainer runs twice, for ``N1`` and ``N2`` optimizer steps; its step time is
+``(wall(N2) - wall(N1)) / (N2 - N1)``, which cancels start-up, model loading, data set-up and the final save.
+Rows: the example script, ours from images, ours from cached latents (``cache-latents`` of the 64 samples timed
+separately, start-up included: a one-off cost), and ours compiled (``--backend compile`` or ``auto`` on CUDA). ``peak_rss_mb`` is the
+trainer process's peak RSS (data-loader workers excluded). The summary holds ``speedup_vs_example`` for every row
+of ours; issue 7's target is >= 2x on an H100 with cached latents.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from relight_stream.bench.timing import machine_info
+from relight_stream.config import BenchConfig, RunConfig
+
+log = logging.getLogger(__name__)
+TARGET_SPEEDUP = 2.0
+
+
+def save_base_model(folder: Path, *, full_size: bool) -> Path:
+    """Write a 4-channel base SD pipeline folder (what ``--pretrained_model_name_or_path`` expects)."""
+    from diffusers import StableDiffusionPipeline
+
+    from relight_stream.bench.train import sd15_random
+    from relight_stream.train.model import build_tiny
+
+    model = sd15_random("cpu", widen=False) if full_size else build_tiny("sd", widen=False)
+    pipe = StableDiffusionPipeline(vae=model.vae, text_encoder=model.text_encoders[0], tokenizer=model.tokenizers[0],
+                                   unet=model.unet, scheduler=model.scheduler, safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(folder)
+    return folder
+
+
+def export_parquet(shards: list[str], out: Path, cache: Path) -> Path:
+    """The README's export: our shards as a parquet data set with the example script's default columns."""
+    import datasets
+
+    ds = datasets.load_dataset("webdataset", data_files={"train": shards}, split="train", cache_dir=str(cache))
+    ds = ds.select_columns(["input.jpg", "instruction.txt", "target.jpg"]).rename_columns(
+        {"input.jpg": "input_image", "instruction.txt": "edit_prompt", "target.jpg": "edited_image"})
+    out.mkdir(parents=True, exist_ok=True)
+    ds.to_parquet(str(out / "train.parquet"))
+    return out
+
+
+def timed(cmd: list[str], *, env: dict[str, str], log_file: Path) -> tuple[float, float]:
+    """Run ``cmd`` to completion; returns (wall seconds, peak RSS of the process in MiB). Raises on failure with
+    the tail of its output."""
+    t0 = time.perf_counter()
+    with open(log_file, "wb") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        tail = log_file.read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"{cmd[1:3]} exited {proc.returncode}; last output:\n{tail}")
+    return wall, usage.ru_maxrss / 1024  # Linux: KiB
+
+
+def _example_cmd(script: str, base: Path, data: Path, out: Path, *, steps: int, res: int, bsz: int, mp: str,
+                 workers: int) -> list[str]:
+    return [sys.executable, script, "--pretrained_model_name_or_path", str(base), "--dataset_name", str(data),
+            "--resolution", str(res), "--center_crop", "--train_batch_size", str(bsz), "--max_train_steps",
+            str(steps), "--mixed_precision", mp, "--seed", "0", "--dataloader_num_workers", str(workers),
+            "--checkpointing_steps", "1000000", "--output_dir", str(out), "--learning_rate", "5e-05",
+            "--lr_warmup_steps", "0", "--conditioning_dropout_prob", "0.05"]
+
+
+def _ours_cmd(shards: list[str], base: Path, out: Path, conf: Path, *, steps: int, res: int, bsz: int, mp: str,
+              compile: bool) -> list[str]:
+    cmd = [sys.executable, "-m", "relight_stream", "--seed", "0", "train", *shards, "--out", str(out), "--model",
+           str(base), "--resolution", str(res), "--max-steps", str(steps), "--batch-size", str(bsz),
+           "--mixed-precision", mp, "--config", str(conf)]
+    return cmd + (["--compile"] if compile else [])
+
+
+def _steps_row(name: str, run_at: Any, steps: tuple[int, int], *, bsz: int, res: int, device: str,
+               **extra: Any) -> dict[str, Any]:
+    (w1, m1), (w2, m2) = run_at(steps[0]), run_at(steps[1])
+    step_s = max(w2 - w1, 1e-9) / (steps[1] - steps[0])
+    return {"name": name, "device": device, "resolution": res, "batch": bsz, "ms": round(step_s * 1e3, 1),
+            "samples_per_s": round(bsz / step_s, 2), "wall_s": [round(w1, 1), round(w2, 1)],
+            "steps": list(steps), "peak_rss_mb": round(max(m1, m2), 1), **extra}
+
+
+def bench_example(cfg: BenchConfig, run: RunConfig) -> dict[str, Any]:
+    """See the module docstring."""
+    if not cfg.example_script:
+        return {"target": "example", "rows": [], "summary": {
+            "skipped": "no --example-script PATH (diffusers' examples/instruct_pix2pix/train_instruct_pix2pix.py)"}}
+    script = str(Path(cfg.example_script).expanduser().resolve())
+    if not Path(script).is_file():
+        raise ValueError(f"bench example: --example-script {cfg.example_script} is not a file")
+    cuda = torch.cuda.is_available() and run.device != "cpu"
+    device = "cuda" if cuda else "cpu"
+    res = 256 if cuda else (64 if cfg.tiny else 128)
+    bsz = cfg.batch_sizes[0] if cfg.batch_sizes else (32 if cuda else 8)
+    steps = (2, 6) if cfg.tiny else ((10, 60) if cuda else (5, 30))
+    mp = "no" if not cuda else {"fp32": "bf16"}.get(cfg.precision, cfg.precision)
+    workers = 2
+    compiles = {"eager": [False], "compile": [True]}.get(cfg.backend, [False, True] if cuda else [False])
+    from relight_stream.train.fixtures import write_synthetic_shards
+
+    with tempfile.TemporaryDirectory(prefix="bench-example-") as tmp:
+        work = Path(tmp)
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+               "HF_DATASETS_CACHE": str(work / "hf-cache"), "HF_HOME": str(work / "hf-home")}
+        shards = write_synthetic_shards(work / "shards", num_samples=64, per_shard=16, resolution=res)
+        data = export_parquet(shards, work / "hf", work / "hf-cache")
+        base = save_base_model(work / "base", full_size=cuda)
+        conf = work / "ours.yaml"
+        conf.write_text(yaml.safe_dump({"ema": False, "num_workers": workers, "checkpoint_every": 10**6,
+                                        "validate_every": 0, "text_dropout": 0.05, "image_dropout": 0.05}))
+        rows = []
+        n = iter(range(10**6))
+
+        def example_at(k: int) -> tuple[float, float]:
+            cmd = _example_cmd(script, base, data, work / f"ex{next(n)}", steps=k, res=res, bsz=bsz, mp=mp,
+                               workers=workers)
+            return timed(cmd, env=env, log_file=work / "example.log")
+
+        rows.append(_steps_row("diffusers example script (images)", example_at, steps, bsz=bsz, res=res,
+                               device=device, trainer="example", mode="images", compiled=False))
+        cache_s, _ = timed([sys.executable, "-m", "relight_stream", "cache-latents", *shards, "--out",
+                            str(work / "latents"), "--model", str(base), "--resolution", str(res)], env=env,
+                           log_file=work / "cache.log")
+        latents = [str(p) for p in sorted((work / "latents").glob("shard-*.tar"))]
+        for mode, inputs in (("images", shards), ("latents", latents)):
+            for comp in compiles:
+                def ours_at(k: int, inputs: list[str] = inputs, comp: bool = comp) -> tuple[float, float]:
+                    cmd = _ours_cmd(inputs, base, work / f"ours{next(n)}", conf, steps=k, res=res, bsz=bsz, mp=mp,
+                                    compile=comp)
+                    return timed(cmd, env=env, log_file=work / "ours.log")
+
+                rows.append(_steps_row(f"relight-stream train ({mode}{', compiled' if comp else ''})", ours_at,
+                                       steps, bsz=bsz, res=res, device=device, trainer="ours", mode=mode,
+                                       compiled=comp))
+    base_sps = rows[0]["samples_per_s"]
+    for row in rows[1:]:
+        row["speedup_vs_example"] = round(row["samples_per_s"] / base_sps, 2)
+    best = max(rows[1:], key=lambda r: r["samples_per_s"])
+    summary = {"baseline_samples_per_s": base_sps, "best": best["name"],
+               "speedup_vs_example": best["speedup_vs_example"],
+               "meets_speedup": best["speedup_vs_example"] >= TARGET_SPEEDUP,
+               "cache_latents_wall_s": round(cache_s, 1), "model": "sd15-random" if cuda else "tiny",
+               "precision": mp, "example_script": script,
+               "example_script_sha256": hashlib.sha256(Path(script).read_bytes()).hexdigest(), "dataloader_workers": workers}
+    return {"target": "example", "rows": rows, "summary": summary, "machine": machine_info(),
+            "columns": ["name", "device", "resolution", "batch", "ms", "samples_per_s", "speedup_vs_example",
+                        "peak_rss_mb"]}

@@ -1,0 +1,53 @@
+"""``bench example``: the pieces of the comparison against the diffusers example script.
+
+The script itself lives in the diffusers repository (not in the wheel), so CI cannot run it; these tests check
+what both trainers are given — a 4-channel base model folder both can load, the parquet export with the script's
+column names — and the start-up-cancelling step arithmetic.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from relight_stream.bench.example import _steps_row, bench_example, export_parquet, save_base_model
+from relight_stream.config import BenchConfig, RunConfig
+
+
+def test_without_a_script_the_target_says_it_was_skipped():
+    result = bench_example(BenchConfig(), RunConfig(device="cpu"))
+    assert result["rows"] == [] and "--example-script" in result["summary"]["skipped"]
+    with pytest.raises(ValueError, match="is not a file"):
+        bench_example(BenchConfig(example_script="/nonexistent/train_instruct_pix2pix.py"), RunConfig(device="cpu"))
+
+
+def test_step_time_cancels_the_fixed_costs():
+    # 7 s of start-up, loading and saving plus 0.25 s per step: the row must see only the 0.25 s
+    row = _steps_row("x", lambda k: (7.0 + 0.25 * k, 100.0 + k), (4, 20), bsz=8, res=64, device="cpu")
+    assert row["ms"] == 250.0 and row["samples_per_s"] == 32.0
+    assert row["wall_s"] == [8.0, 12.0] and row["peak_rss_mb"] == 120.0
+
+
+def test_base_model_is_a_4_channel_sd_folder_that_both_trainers_load(tmp_path):
+    from diffusers import UNet2DConditionModel
+
+    from relight_stream.train.model import load_model
+
+    folder = save_base_model(tmp_path / "base", full_size=False)
+    for sub in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+        assert (folder / sub).is_dir(), sub
+    # the example script widens conv_in itself, so the folder must hold the base (4-channel) UNet
+    assert UNet2DConditionModel.from_pretrained(folder, subfolder="unet").config.in_channels == 4
+    model = load_model(str(folder))
+    assert model.unet.config.in_channels == 8 and model.unet.conv_in.weight[:, 4:].abs().max() == 0
+
+
+def test_parquet_export_has_the_example_scripts_columns(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    from relight_stream.train.fixtures import write_synthetic_shards
+
+    shards = [str(p) for p in write_synthetic_shards(tmp_path / "shards", num_samples=6, per_shard=4,
+                                                     resolution=32)]
+    out = export_parquet(shards, tmp_path / "hf", tmp_path / "cache")
+    ds = datasets.load_dataset(str(out), cache_dir=str(tmp_path / "cache"))["train"]
+    assert ds.column_names == ["input_image", "edit_prompt", "edited_image"] and len(ds) == 6
+    assert ds[0]["input_image"].size == (32, 32) and ds[0]["edit_prompt"]
