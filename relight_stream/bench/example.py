@@ -59,7 +59,11 @@ def save_base_model(folder: Path, *, full_size: bool) -> Path:
 
 def export_parquet(shards: list[str], out: Path, cache: Path) -> Path:
     """The README's export: our shards as a parquet data set with the example script's default columns."""
-    import datasets
+    try:
+        import datasets
+    except ImportError as exc:
+        raise ValueError("bench example needs the `datasets` package, as the example script does: "
+                         "pip install datasets") from exc
 
     ds = datasets.load_dataset("webdataset", data_files={"train": shards}, split="train", cache_dir=str(cache))
     ds = ds.select_columns(["input.jpg", "instruction.txt", "target.jpg"]).rename_columns(
