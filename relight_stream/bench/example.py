@@ -107,9 +107,16 @@ def _ours_cmd(shards: list[str], base: Path, out: Path, conf: Path, *, steps: in
 
 
 def _steps_row(name: str, run_at: Any, steps: tuple[int, int], *, bsz: int, res: int, device: str,
-               **extra: Any) -> dict[str, Any]:
+               warm: bool = False, **extra: Any) -> dict[str, Any]:
+    """Time ``run_at(N1)`` and ``run_at(N2)``; ``warm``: one unmeasured ``run_at(N1)`` first, so that a cache
+    filled by the first run (Inductor's compiled kernels) does not make the two runs' fixed costs differ."""
+    if warm:
+        run_at(steps[0])
     (w1, m1), (w2, m2) = run_at(steps[0]), run_at(steps[1])
-    step_s = max(w2 - w1, 1e-9) / (steps[1] - steps[0])
+    if w2 <= w1:
+        raise RuntimeError(f"{name}: {steps[1]} steps took {w2:.1f} s, {steps[0]} steps {w1:.1f} s: the fixed costs "
+                           f"of the two runs differ by more than the steps; measure more steps")
+    step_s = (w2 - w1) / (steps[1] - steps[0])
     return {"name": name, "device": device, "resolution": res, "batch": bsz, "ms": round(step_s * 1e3, 1),
             "samples_per_s": round(bsz / step_s, 2), "wall_s": [round(w1, 1), round(w2, 1)],
             "steps": list(steps), "peak_rss_mb": round(max(m1, m2), 1), **extra}
@@ -164,19 +171,27 @@ def bench_example(cfg: BenchConfig, run: RunConfig) -> dict[str, Any]:
                                     compile=comp)
                     return timed(cmd, env=env, log_file=work / "ours.log")
 
-                rows.append(_steps_row(f"relight-stream train ({mode}{', compiled' if comp else ''})", ours_at,
-                                       steps, bsz=bsz, res=res, device=device, trainer="ours", mode=mode,
-                                       compiled=comp))
+                name = f"relight-stream train ({mode}{', compiled' if comp else ''})"
+                try:
+                    rows.append(_steps_row(name, ours_at, steps, bsz=bsz, res=res, device=device, warm=comp,
+                                           trainer="ours", mode=mode, compiled=comp))
+                except RuntimeError as exc:  # keep the rows measured so far; say which one failed and why
+                    log.error("%s", exc)
+                    rows.append({"name": name, "device": device, "resolution": res, "batch": bsz, "error": str(exc)})
     base_sps = rows[0]["samples_per_s"]
-    for row in rows[1:]:
+    ours = [row for row in rows[1:] if "samples_per_s" in row]
+    for row in ours:
         row["speedup_vs_example"] = round(row["samples_per_s"] / base_sps, 2)
-    best = max(rows[1:], key=lambda r: r["samples_per_s"])
+    if not ours:
+        raise RuntimeError(f"bench example: no row of ours was measured: {[r.get('error') for r in rows[1:]]}")
+    best = max(ours, key=lambda r: r["samples_per_s"])
     summary = {"baseline_samples_per_s": base_sps, "best": best["name"],
                "speedup_vs_example": best["speedup_vs_example"],
                "meets_speedup": best["speedup_vs_example"] >= TARGET_SPEEDUP,
                "cache_latents_wall_s": round(cache_s, 1), "model": "sd15-random" if cuda else "tiny",
                "precision": mp, "example_script": script,
-               "example_script_sha256": hashlib.sha256(Path(script).read_bytes()).hexdigest(), "dataloader_workers": workers}
+               "example_script_sha256": hashlib.sha256(Path(script).read_bytes()).hexdigest(),
+               "dataloader_workers": workers}
     return {"target": "example", "rows": rows, "summary": summary, "machine": machine_info(),
             "columns": ["name", "device", "resolution", "batch", "ms", "samples_per_s", "speedup_vs_example",
                         "peak_rss_mb"]}

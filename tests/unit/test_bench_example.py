@@ -7,6 +7,8 @@ column names — and the start-up-cancelling step arithmetic.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from relight_stream.bench.example import _steps_row, bench_example, export_parquet, save_base_model
@@ -51,3 +53,36 @@ def test_parquet_export_has_the_example_scripts_columns(tmp_path):
     ds = datasets.load_dataset(str(out), cache_dir=str(tmp_path / "cache"))["train"]
     assert ds.column_names == ["input_image", "edit_prompt", "edited_image"] and len(ds) == 6
     assert ds[0]["input_image"].size == (32, 32) and ds[0]["edit_prompt"]
+
+
+def test_our_rows_command_trains_on_the_base_folder(tmp_path):
+    """The exact command line of our rows (flags and config keys) runs: one step of the tiny base model."""
+    import os
+    import subprocess
+
+    import yaml
+
+    from relight_stream.bench.example import _ours_cmd
+    from relight_stream.train.fixtures import write_synthetic_shards
+
+    shards = [str(p) for p in write_synthetic_shards(tmp_path / "shards", num_samples=4, per_shard=4,
+                                                     resolution=32)]
+    base = save_base_model(tmp_path / "base", full_size=False)
+    conf = tmp_path / "ours.yaml"
+    conf.write_text(yaml.safe_dump({"ema": False, "num_workers": 0, "checkpoint_every": 10**6, "validate_every": 0}))
+    cmd = _ours_cmd(shards, base, tmp_path / "out", conf, steps=1, res=32, bsz=2, mp="no", compile=False)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    stats = json.loads((tmp_path / "out" / "final" / "training_stats.json").read_text())
+    assert stats["step"] == 1 and stats["resolution"] == 32
+
+
+def test_unequal_fixed_costs_are_an_error_not_a_number():
+    walls = iter([60.0, 20.0])  # a cold compile cache in the first run, a warm one in the second
+    with pytest.raises(RuntimeError, match="fixed costs"):
+        _steps_row("x", lambda k: (next(walls), 1.0), (4, 20), bsz=8, res=64, device="cpu")
+    calls = []
+    row = _steps_row("x", lambda k: (calls.append(k) or 7.0 + 0.25 * k, 1.0), (4, 20), bsz=8, res=64, device="cpu",
+                     warm=True)
+    assert calls == [4, 4, 20] and row["ms"] == 250.0  # warm: one unmeasured run first
