@@ -37,8 +37,10 @@ for step in "${steps[@]}"; do
                 --out "$OUT/engines-full-eager-vs-compile-bf16-$gpu.json" ;;
     train)    rs bench train ${TINY:+--tiny} --precision bf16 --out "$OUT/train-full-bf16-$gpu.json" ;;
     filter)   rs bench filter ${TINY:+--tiny} --out "$OUT/filter-full-$gpu.json" ;;
-    example)  rs bench example --example-script .example/train_instruct_pix2pix.py --precision bf16 \
-                --out "$OUT/example-bf16-$gpu.json" ;;
+    example)  if [ ! -f .example/train_instruct_pix2pix.py ] || ! "$PY" -c "import datasets" 2>/dev/null; then
+                echo "example: needs .example/train_instruct_pix2pix.py (carried) and the datasets package"; false
+              else rs bench example --example-script .example/train_instruct_pix2pix.py --precision bf16 \
+                --out "$OUT/example-bf16-$gpu.json"; fi ;;
     generate) rs bench generate ${TINY:+--tiny} --backend neural --out "$OUT/generate-neural-$gpu.json" ;;
     *) echo "unknown step $step"; status=2 ;;
   esac
