@@ -2,7 +2,7 @@
 # GPU measurements in one command, for a lent GPU machine (the device tool). From this machine:
 #   bash scripts/gpu_wheels.sh        # once: builds .gpu-wheels/ (about 10 MB)
 #   device run, carry [".gpu-wheels"], command "bash scripts/gpu_session.sh STEP..."
-# STEP: tests kernels engines train filter generate (or all), and example: `bench example` against diffusers'
+# STEP: tests kernels engines train filter generate (or all), and example / example-compile: `bench example` against diffusers'
 # train_instruct_pix2pix.py, which must be copied to .example/ here and carried (it is not ours to commit; the
 # device also needs the `datasets` package). Each result lands in $OUT (the device tool brings it
 # back) as bench JSON; copy the files into bench/results/ and run `python scripts/perf_table.py`.
@@ -37,10 +37,12 @@ for step in "${steps[@]}"; do
                 --out "$OUT/engines-full-eager-vs-compile-bf16-$gpu.json" ;;
     train)    rs bench train ${TINY:+--tiny} --precision bf16 --out "$OUT/train-full-bf16-$gpu.json" ;;
     filter)   rs bench filter ${TINY:+--tiny} --out "$OUT/filter-full-$gpu.json" ;;
-    example)  if [ ! -f .example/train_instruct_pix2pix.py ] || ! "$PY" -c "import datasets" 2>/dev/null; then
-                echo "example: needs .example/train_instruct_pix2pix.py (carried) and the datasets package"; false
+    example|example-compile)  # two device calls: eager rows, then the compiled row (each about 6-8 minutes)
+              b=eager; [ "$step" = example-compile ] && b=compile
+              if [ ! -f .example/train_instruct_pix2pix.py ] || ! "$PY" -c "import datasets" 2>/dev/null; then
+                echo "$step: needs .example/train_instruct_pix2pix.py (carried) and the datasets package"; false
               else rs bench example --example-script .example/train_instruct_pix2pix.py --precision bf16 \
-                --out "$OUT/example-bf16-$gpu.json"; fi ;;
+                --backend $b --out "$OUT/example-$b-bf16-$gpu.json"; fi ;;
     generate) rs bench generate ${TINY:+--tiny} --backend neural --out "$OUT/generate-neural-$gpu.json" ;;
     *) echo "unknown step $step"; status=2 ;;
   esac

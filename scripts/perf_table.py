@@ -68,9 +68,11 @@ def command(cfg: dict[str, Any], machine: dict[str, Any] | None = None) -> str:
         parts.append(f"--compare {cfg['compare']}")
     if cfg.get("example_script"):  # a local copy of diffusers' examples/instruct_pix2pix/train_instruct_pix2pix.py
         parts.append("--example-script train_instruct_pix2pix.py")
-    extra = {k: cfg[k] for k in ("backend", "precision", "batch_sizes", "repeats", "warmup") if k in cfg}
-    defaults = {"backend": "auto", "precision": "fp32", "batch_sizes": [], "repeats": 5, "warmup": 1}
-    skip = {"backend"} if cfg.get("compare") else set()
+    if cfg.get("backend", "auto") != "auto" and not cfg.get("compare"):
+        parts.append(f"--backend {cfg['backend']}")
+    extra = {k: cfg[k] for k in ("precision", "batch_sizes", "repeats", "warmup") if k in cfg}
+    defaults = {"precision": "fp32", "batch_sizes": [], "repeats": 5, "warmup": 1}
+    skip: set[str] = set()
     overrides = [f"{k}={v}" for k, v in extra.items() if v != defaults[k] and k not in skip]
     text = " ".join(parts)
     return text + (f"  # with config: {', '.join(overrides)}" if overrides else "")

@@ -11,7 +11,6 @@ The parts: :mod:`~relight_stream.pipeline.decode_pixels` (the decoders, orientat
 here, and :func:`decode_full` looks the decoders up in this module (tests replace them here).
 """
 
-
 from __future__ import annotations
 
 from typing import Any

@@ -146,10 +146,13 @@ def run_train(cfg: TrainConfig, run: RunConfig) -> int:
     from accelerate import Accelerator
 
     use_cpu = run.device == "cpu" or not torch.cuda.is_available()
+    for kind in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):  # what `accelerate launch --use_<kind>` sets
+        if os.environ.get(f"ACCELERATE_USE_{kind}", "false").lower() in ("true", "1"):
+            refuse_sharding(kind)
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=use_cpu)
-    refuse_sharding(accelerator.distributed_type)
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     try:
+        refuse_sharding(accelerator.distributed_type)
         return _train(cfg, run, accelerator, shards=shards, fmt=fmt, resume_path=resume_path, use_cpu=use_cpu)
     finally:
         accelerator.end_training()
@@ -166,6 +169,8 @@ def refuse_sharding(distributed_type: Any) -> None:
 
     Their sharded checkpoints, EMA over sharded parameters and the SIGTERM save (RELIABILITY.md E7) have never run
     (accelerate builds FSDP only on GPUs); a clear refusal beats a run that may hang or save an unusable folder.
+    ``run_train`` checks the launcher's environment before building the ``Accelerator`` (which, for DeepSpeed,
+    would fail first on a missing package) and the built accelerator's type after.
     """
     kind = getattr(distributed_type, "value", str(distributed_type))
     if kind in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):

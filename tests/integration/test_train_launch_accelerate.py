@@ -110,3 +110,16 @@ def test_sharded_launches_are_refused_with_a_clear_error(kind):
         refuse_sharding(DistributedType[kind])
     for ddp in ("NO", "MULTI_CPU", "MULTI_GPU"):
         refuse_sharding(DistributedType[ddp])  # data-parallel launches pass
+
+
+def test_train_refuses_an_fsdp_launch_before_building_anything(tmp_path, monkeypatch):
+    from relight_stream.config import RunConfig, TrainConfig
+    from relight_stream.train.fixtures import write_synthetic_shards
+    from relight_stream.train.loop import run_train
+
+    shards = [str(p) for p in write_synthetic_shards(tmp_path / "shards", num_samples=2, per_shard=2, resolution=32)]
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch --use_fsdp` sets
+    cfg = TrainConfig(shards=shards, out=str(tmp_path / "out"), resolution=32, max_steps=1, batch_size=1)
+    with pytest.raises(ValueError, match="FSDP launches are not supported yet"):
+        run_train(cfg, RunConfig(device="cpu", seed=0))
+    assert not (tmp_path / "out" / "checkpoints").exists()
