@@ -41,7 +41,7 @@ for step in "${steps[@]}"; do
               b=eager; [ "$step" = example-compile ] && b=compile
               if [ ! -f .example/train_instruct_pix2pix.py ] || ! "$PY" -c "import datasets" 2>/dev/null; then
                 echo "$step: needs .example/train_instruct_pix2pix.py (carried) and the datasets package"; false
-              else rs bench example --example-script .example/train_instruct_pix2pix.py --precision bf16 \
+              else rs bench example ${TINY:+--tiny} --example-script .example/train_instruct_pix2pix.py --precision bf16 \
                 --backend $b --out "$OUT/example-$b-bf16-$gpu.json"; fi ;;
     generate) rs bench generate ${TINY:+--tiny} --backend neural --out "$OUT/generate-neural-$gpu.json" ;;
     *) echo "unknown step $step"; status=2 ;;
