@@ -67,7 +67,7 @@ def command(cfg: dict[str, Any], machine: dict[str, Any] | None = None) -> str:
     if cfg.get("compare"):
         parts.append(f"--compare {cfg['compare']}")
     if cfg.get("example_script"):  # a local copy of diffusers' examples/instruct_pix2pix/train_instruct_pix2pix.py
-        parts.append("--example-script train_instruct_pix2pix.py")
+        parts.append(f"--example-script {cfg['example_script'].replace(chr(92), '/').rsplit('/', 1)[-1]}")
     if cfg.get("backend", "auto") != "auto" and not cfg.get("compare"):
         parts.append(f"--backend {cfg['backend']}")
     extra = {k: cfg[k] for k in ("precision", "batch_sizes", "repeats", "warmup") if k in cfg}

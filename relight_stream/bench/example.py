@@ -10,6 +10,8 @@ on the same machine with the same settings:
   new epoch (the script's loader restarts its workers every epoch) inside the timed steps;
 * model: one 4-channel base SD folder that both widen to 8 input channels themselves — on the CPU the ``tiny`` model
   (random weights), on CUDA the full-size SD1.5 architecture (random weights; the FLOPs are those of real ones);
+  given the SDXL script (``train_instruct_pix2pix_sdxl.py``, recognised by the pipeline it saves), the tiny SDXL
+  model with its two text encoders (CPU only);
 * resolution, per-device batch, mixed precision (``no`` on the CPU; on CUDA ``bf16`` for the default ``fp32``, else
   ``--precision``), seed, 2 data-loader workers, learning rate and constant schedule, AdamW settings, gradient
   clipping, centre crop, 5 % text / 5 % image conditioning dropout (the same masks), no EMA, no validation, no
@@ -55,19 +57,34 @@ log = logging.getLogger(__name__)
 TARGET_SPEEDUP = 2.0
 
 
-def save_base_model(folder: Path, *, full_size: bool) -> Path:
-    """Write a 4-channel base SD pipeline folder (what ``--pretrained_model_name_or_path`` expects)."""
-    from diffusers import StableDiffusionPipeline
+def save_base_model(folder: Path, *, full_size: bool, sdxl: bool = False) -> Path:
+    """Write a 4-channel base pipeline folder (what ``--pretrained_model_name_or_path`` expects): SD1.5 (full size
+    with random weights, or tiny) or, with ``sdxl``, the tiny SDXL model (two text encoders)."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     from relight_stream.bench.train import sd15_random
     from relight_stream.train.model import build_tiny
 
-    model = sd15_random("cpu", widen=False) if full_size else build_tiny("sd", widen=False)
-    pipe = StableDiffusionPipeline(vae=model.vae, text_encoder=model.text_encoders[0], tokenizer=model.tokenizers[0],
-                                   unet=model.unet, scheduler=model.scheduler, safety_checker=None,
-                                   feature_extractor=None, requires_safety_checker=False)
+    if sdxl and full_size:
+        raise ValueError("bench example: the SDXL script is compared with the tiny SDXL model only (no full-size "
+                         "random SDXL builder yet)")
+    if sdxl:
+        m = build_tiny("sdxl", widen=False)
+        pipe = StableDiffusionXLPipeline(vae=m.vae, text_encoder=m.text_encoders[0], text_encoder_2=m.text_encoders[1],
+                                         tokenizer=m.tokenizers[0], tokenizer_2=m.tokenizers[1], unet=m.unet,
+                                         scheduler=m.scheduler)
+    else:
+        m = sd15_random("cpu", widen=False) if full_size else build_tiny("sd", widen=False)
+        pipe = StableDiffusionPipeline(vae=m.vae, text_encoder=m.text_encoders[0], tokenizer=m.tokenizers[0],
+                                       unet=m.unet, scheduler=m.scheduler, safety_checker=None,
+                                       feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(folder)
     return folder
+
+
+def is_sdxl_script(script: str) -> bool:
+    """Whether ``script`` is the SDXL example (``train_instruct_pix2pix_sdxl.py``): it saves the SDXL IP2P pipeline."""
+    return "StableDiffusionXLInstructPix2PixPipeline" in Path(script).read_text(errors="replace")
 
 
 def export_parquet(shards: list[str], out: Path, cache: Path) -> Path:
@@ -125,9 +142,9 @@ def _example_cmd(script: str, base: Path, data: Path, out: Path, *, steps: int, 
 
 def _ours_cmd(shards: list[str], base: Path, out: Path, conf: Path, *, steps: int, res: int, bsz: int, mp: str,
               compile: bool, device: str = "cpu") -> list[str]:
-    cmd = [sys.executable, "-m", "relight_stream", "--device", device, "--seed", "0", "train", *shards, "--out", str(out), "--model",
-           str(base), "--resolution", str(res), "--max-steps", str(steps), "--batch-size", str(bsz),
-           "--mixed-precision", mp, "--config", str(conf)]
+    cmd = [sys.executable, "-m", "relight_stream", "--device", device, "--seed", "0", "train", *shards, "--out",
+           str(out), "--model", str(base), "--resolution", str(res), "--max-steps", str(steps), "--batch-size",
+           str(bsz), "--mixed-precision", mp, "--config", str(conf)]
     return cmd + (["--compile"] if compile else [])
 
 
@@ -159,6 +176,10 @@ def bench_example(cfg: BenchConfig, run: RunConfig) -> dict[str, Any]:
         raise ValueError(f"bench example: --example-script {cfg.example_script} is not a file")
     cuda = torch.cuda.is_available() and run.device != "cpu"
     device = "cuda" if cuda else "cpu"
+    sdxl = is_sdxl_script(script)
+    if sdxl and cuda:
+        raise ValueError("bench example: the SDXL script is compared with the tiny SDXL model on the CPU only (no "
+                         "full-size random SDXL builder yet): add --device cpu")
     res = 256 if cuda else (64 if cfg.tiny else 128)
     bsz = cfg.batch_sizes[0] if cfg.batch_sizes else (32 if cuda else 8)
     steps = (2, 6) if cfg.tiny else ((20, 220) if cuda else (5, 30))
@@ -179,7 +200,7 @@ def bench_example(cfg: BenchConfig, run: RunConfig) -> dict[str, Any]:
         shards = write_synthetic_shards(work / "shards", num_samples=num_samples, per_shard=per_shard,
                                         resolution=res)
         data = export_parquet(shards, work / "hf", work / "hf-cache")
-        base = save_base_model(work / "base", full_size=cuda)
+        base = save_base_model(work / "base", full_size=cuda, sdxl=sdxl)
         conf = work / "ours.yaml"
         conf.write_text(yaml.safe_dump({"ema": False, "num_workers": workers, "checkpoint_every": 10**6,
                                         "validate_every": 0, "text_dropout": 0.05, "image_dropout": 0.05}))
@@ -193,8 +214,8 @@ def bench_example(cfg: BenchConfig, run: RunConfig) -> dict[str, Any]:
             finally:
                 shutil.rmtree(out, ignore_errors=True)  # full size: GBs per run
 
-        rows.append(_steps_row("diffusers example script (images)", example_at, steps, bsz=bsz, res=res,
-                               device=device, trainer="example", mode="images", compiled=False))
+        rows.append(_steps_row(f"diffusers example script{' (SDXL)' if sdxl else ''} (images)", example_at, steps,
+                               bsz=bsz, res=res, device=device, trainer="example", mode="images", compiled=False))
         cache_s, _ = timed([sys.executable, "-m", "relight_stream", "--device", device, "cache-latents", *shards,
                             "--out", str(work / "latents"), "--model", str(base), "--resolution", str(res)],
                            env=env, log_file=work / "cache.log", label="relight-stream cache-latents")
@@ -209,7 +230,7 @@ def bench_example(cfg: BenchConfig, run: RunConfig) -> dict[str, Any]:
                 finally:
                     shutil.rmtree(out, ignore_errors=True)
 
-            name = f"relight-stream train ({mode}{', compiled' if comp else ''})"
+            name = f"relight-stream train{' SDXL' if sdxl else ''} ({mode}{', compiled' if comp else ''})"
             try:
                 rows.append(_steps_row(name, ours_at, steps, bsz=bsz, res=res, device=device, warm=comp,
                                        trainer="ours", mode=mode, compiled=comp))
@@ -227,7 +248,8 @@ def bench_example(cfg: BenchConfig, run: RunConfig) -> dict[str, Any]:
                "speedup_vs_example": best["speedup_vs_example"],
                "meets_speedup": best["speedup_vs_example"] >= TARGET_SPEEDUP if cuda else None,
                "cache_latents_wall_s": round(cache_s, 1), "samples": num_samples,
-               "model": "sd15-random" if cuda else "tiny", "precision": mp, "example_script": script,
+               "model": "tiny-sdxl" if sdxl else ("sd15-random" if cuda else "tiny"), "precision": mp,
+               "example_script": script,
                "example_script_sha256": hashlib.sha256(Path(script).read_bytes()).hexdigest(),
                "tensorboard": importlib.util.find_spec("tensorboard") is not None, "dataloader_workers": workers}
     return {"target": "example", "rows": rows, "summary": summary, "machine": machine_info(),

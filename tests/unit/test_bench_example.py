@@ -43,6 +43,22 @@ def test_base_model_is_a_4_channel_sd_folder_that_both_trainers_load(tmp_path):
     assert model.unet.config.in_channels == 8 and model.unet.conv_in.weight[:, 4:].abs().max() == 0
 
 
+def test_sdxl_base_model_has_both_text_encoders_and_loads_as_sdxl(tmp_path):
+    from relight_stream.bench.example import is_sdxl_script
+    from relight_stream.train.model import load_model
+
+    folder = save_base_model(tmp_path / "base", full_size=False, sdxl=True)
+    for sub in ("text_encoder_2", "tokenizer_2"):
+        assert (folder / sub).is_dir(), sub
+    model = load_model(str(folder))
+    assert model.kind == "sdxl" and len(model.text_encoders) == 2 and model.unet.config.in_channels == 8
+    script = tmp_path / "train_instruct_pix2pix_sdxl.py"
+    script.write_text("pipeline = StableDiffusionXLInstructPix2PixPipeline.from_pretrained(base)\n")
+    assert is_sdxl_script(str(script))
+    script.write_text("pipeline = StableDiffusionInstructPix2PixPipeline.from_pretrained(base)\n")
+    assert not is_sdxl_script(str(script))
+
+
 def test_parquet_export_has_the_example_scripts_columns(tmp_path):
     datasets = pytest.importorskip("datasets")
     from relight_stream.train.fixtures import write_synthetic_shards
