@@ -175,6 +175,9 @@ def generate_cmd(ctx, inputs, config_file, mix, **flags) -> None:
     """
     flags = {GENERATE_FLAGS.get(name, name): value for name, value in flags.items()}
     prompt = flags.pop("segment.prompts")
+    if prompt is not None and flags.get("segment.backend") not in (None, "sam3"):
+        raise click.BadParameter(f"only --segmenter sam3 reads prompts, not {flags['segment.backend']}",
+                                 param_hint="--segment-prompt")
     flags.update({"inputs": inputs_or_none(inputs), "relight.mix": parse_mix(mix),
                   "segment.prompts": None if prompt is None else [p.strip() for p in prompt.split(",") if p.strip()]})
     _invoke(ctx, "generate", C.GenerateConfig, config_file, flags)

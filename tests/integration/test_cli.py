@@ -91,6 +91,17 @@ def test_every_generate_flag_reaches_its_config_key(monkeypatch):
     assert seen["cfg"].clip.batch_size == 16
 
 
+def test_segment_prompt_reaches_sam3_and_is_refused_for_other_segmenters(monkeypatch):
+    seen = _capture(monkeypatch, "generate")
+    ok = ["generate", "a", "--out", "o", "--segmenter", "sam3", "--segment-prompt", "person, dog"]
+    assert CliRunner().invoke(cli, ok).exit_code == 0
+    assert seen["cfg"].segment.prompts == ("person", "dog")
+    for segmenter in ("classical", "sam2"):  # even the default prompt: the flag would be silently ignored
+        result = CliRunner().invoke(cli, ["generate", "a", "--out", "o", "--segmenter", segmenter,
+                                          "--segment-prompt", "person"])
+        assert result.exit_code == 2 and "only --segmenter sam3 reads prompts" in result.output
+
+
 def test_unknown_yaml_key_is_a_clear_error(tmp_path, monkeypatch):
     _capture(monkeypatch, "generate")
     f = tmp_path / "g.yaml"
