@@ -15,9 +15,11 @@ from relight_stream.bench.example import _steps_row, bench_example, export_parqu
 from relight_stream.config import BenchConfig, RunConfig
 
 
-def test_without_a_script_the_target_says_it_was_skipped():
-    result = bench_example(BenchConfig(), RunConfig(device="cpu"))
+def test_without_a_script_the_target_is_skipped_in_all_and_an_error_by_name():
+    result = bench_example(BenchConfig(target="all"), RunConfig(device="cpu"))
     assert result["rows"] == [] and "--example-script" in result["summary"]["skipped"]
+    with pytest.raises(ValueError, match="no --example-script PATH"):  # asked for by name
+        bench_example(BenchConfig(target="example"), RunConfig(device="cpu"))
     with pytest.raises(ValueError, match="is not a file"):
         bench_example(BenchConfig(example_script="/nonexistent/train_instruct_pix2pix.py"), RunConfig(device="cpu"))
 
