@@ -75,7 +75,10 @@ def _invoke(ctx: click.Context, command: str, cls: type, config_file: str | None
         raise RunFailed(message) from exc
     except RuntimeError as exc:
         from relight_stream.pipeline.runner import StageSetupError
+        from relight_stream.train.setup import TrainOutOfMemory
 
+        if isinstance(exc, TrainOutOfMemory):  # GPU memory: what to change, not a traceback; exit 1
+            raise RunFailed(str(exc)) from exc
         if not isinstance(exc, StageSetupError):  # a stage whose model cannot load is a bad run, not a crash
             raise
         raise RunError(str(exc)) from exc

@@ -58,7 +58,14 @@ from relight_stream.train.data import (
     warn_if_upscaled,
 )
 from relight_stream.train.model import ALIASES, TINY_FLAVORS, load_model, null_text, pick_resolution, resolve_source
-from relight_stream.train.setup import EXIT_NONFINITE, EXIT_SIGTERM, build_setup, memory_mb
+from relight_stream.train.setup import (
+    EXIT_NONFINITE,
+    EXIT_SIGTERM,
+    TrainOutOfMemory,
+    build_setup,
+    memory_mb,
+    oom_advice,
+)
 from relight_stream.train.step import fp16_outcome
 
 log = logging.getLogger(__name__)
@@ -252,12 +259,15 @@ def _train(cfg: TrainConfig, run: RunConfig, accelerator: Any, *, shards: list[s
                 samples_run += len(batch["keys"])
                 first_keys = first_keys or list(batch["keys"])
                 sync = micro == cfg.grad_accum - 1
-                with contextlib.nullcontext() if sync else accelerator.no_sync(s.unet):
-                    inp = loss_fn.prepare(batch, accelerator.device, gen)
-                    with accelerator.autocast():
-                        loss, diff = loss_fn(s.unet, inp)
-                    bad |= ~torch.isfinite(loss.detach())
-                    accelerator.backward(loss / cfg.grad_accum)
+                try:
+                    with contextlib.nullcontext() if sync else accelerator.no_sync(s.unet):
+                        inp = loss_fn.prepare(batch, accelerator.device, gen)
+                        with accelerator.autocast():
+                            loss, diff = loss_fn(s.unet, inp)
+                        bad |= ~torch.isfinite(loss.detach())
+                        accelerator.backward(loss / cfg.grad_accum)
+                except torch.OutOfMemoryError as exc:  # a clear way out instead of a CUDA traceback
+                    raise TrainOutOfMemory(oom_advice(cfg, fmt=fmt, step=step + 1, world=world)) from exc
             grad_norm = accelerator.clip_grad_norm_(s.params, cfg.max_grad_norm)
             if cfg.mixed_precision != "fp16":  # under fp16 the grad scaler handles overflowing gradients itself
                 bad |= ~torch.isfinite(grad_norm.to(bad.device))

@@ -35,6 +35,31 @@ def memory_mb() -> float:
     return peak_host_mb()
 
 
+class TrainOutOfMemory(RuntimeError):
+    """The GPU ran out of memory in a training step; the message says what to change (the CLI exits 1)."""
+
+
+def oom_advice(cfg: Any, *, fmt: str, step: int, world: int) -> str:
+    """What to change after a CUDA out-of-memory error in training step ``step`` (1-based), cheapest first."""
+    total = torch.cuda.get_device_properties(0).total_memory / 2**20 if torch.cuda.is_available() else float("nan")
+    tips = []
+    if cfg.batch_size > 1:
+        tips.append(f"--batch-size {cfg.batch_size // 2} with `grad_accum: {cfg.grad_accum * 2}` (the same effective "
+                    f"batch of {cfg.batch_size * cfg.grad_accum * world})")
+    if not cfg.gradient_checkpointing:
+        tips.append("`gradient_checkpointing: true` (about 30 % slower, much less activation memory)")
+    if fmt == "images":
+        tips.append("`relight-stream cache-latents` first, then train on the latent shards (no VAE or text encoder "
+                    "work during training)")
+    if cfg.mixed_precision == "no":
+        tips.append("--mixed-precision bf16")
+    if cfg.ema:
+        tips.append("`ema: false` (the EMA copy holds 4 bytes a parameter)")
+    return (f"train: out of GPU memory in step {step} (batch {cfg.batch_size} per GPU at {cfg.resolution}², "
+            f"{fmt}; peak {memory_mb():.0f} MiB of {total:.0f} MiB). Checkpoints already written are intact: resume "
+            f"with --resume latest after one of: " + "; ".join(tips or ["a smaller --resolution"]))
+
+
 def compile_blocks(unet: Any) -> int:
     """``torch.compile`` each down/mid/up block of a diffusers UNet in place; returns how many."""
     blocks = [*unet.down_blocks, unet.mid_block, *unet.up_blocks]

@@ -128,6 +128,21 @@ def test_value_error_from_run_is_exit_2(monkeypatch):
     assert result.exit_code == 2 and "no inputs found under /nowhere" in result.output
 
 
+def test_train_out_of_memory_is_exit_1_with_the_advice(monkeypatch):
+    from relight_stream.train.setup import TrainOutOfMemory
+
+    def fake_entry(cmd):
+        def run(cfg, run):
+            raise TrainOutOfMemory("train: out of GPU memory in step 3 (...): --batch-size 4 with `grad_accum: 2`")
+
+        return run
+
+    monkeypatch.setattr(cli_mod, "resolve_entry", fake_entry)
+    result = CliRunner().invoke(cli, ["train", "s.tar", "--out", "o"])
+    assert result.exit_code == 1 and "--batch-size 4 with `grad_accum: 2`" in result.output
+    assert "Traceback" not in result.output
+
+
 def test_nonzero_code_is_propagated(monkeypatch):
     monkeypatch.setattr(cli_mod, "resolve_entry", lambda cmd: (lambda cfg, run: 3))
     assert CliRunner().invoke(cli, ["verify", "d"]).exit_code == 3

@@ -18,7 +18,7 @@ from relight_stream.config import RunConfig, TrainConfig
 from relight_stream.train import checkpoint as ckpt
 from relight_stream.train import loop
 from relight_stream.train.fixtures import write_synthetic_shards
-from relight_stream.train.setup import EXIT_NONFINITE
+from relight_stream.train.setup import EXIT_NONFINITE, TrainOutOfMemory
 
 torch.set_num_threads(1)
 
@@ -105,3 +105,28 @@ def test_fp16_overflows_are_calibration_until_the_scale_falls_below_one() -> Non
     assert step(float("nan")) == (True, True)  # 1 -> 0.5: even unscaled gradients are not finite
     assert torch.equal(w.detach(), torch.full((3,), 0.9))  # only the finite step moved the weight
     assert fp16_outcome(None, None) == (False, False)  # bf16 / fp32: no scaler
+
+
+def test_out_of_memory_is_a_clear_error_and_the_run_resumes_after_it(shards, tmp_path, monkeypatch):
+    """A CUDA OOM in step 2 (injected: the CPU has none) names the remedies; checkpoint 1 stays and resumes."""
+    from relight_stream.train.step import LossFn
+
+    real, calls = LossFn.__call__, []
+
+    def oom_in_step_2(self, unet, inp):
+        calls.append(1)
+        if len(calls) == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(self, unet, inp)
+
+    monkeypatch.setattr(LossFn, "__call__", oom_in_step_2)
+    out = tmp_path / "oom"
+    with pytest.raises(TrainOutOfMemory, match=r"out of GPU memory in step 2 \(batch 2 per GPU at 32²") as err:
+        loop.run_train(_cfg(shards, out, max_steps=3), RunConfig(seed=0))
+    msg = str(err.value)
+    assert "--batch-size 1 with `grad_accum: 2`" in msg and "gradient_checkpointing: true" in msg
+    assert "cache-latents" in msg and "--resume latest" in msg
+    assert [s for s, _ in ckpt.list_checkpoints(out / "checkpoints")[0]] == [1]
+    monkeypatch.setattr(LossFn, "__call__", real)
+    assert loop.run_train(_cfg(shards, out, max_steps=3, resume="latest"), RunConfig(seed=0)) == 0
+    assert json.loads((out / "stats.json").read_text())["step"] == 3
