@@ -144,8 +144,8 @@ class LossFn:
         conds = [inp.cond, *inp.extra_conds]
         n = len(conds)  # one UNet call over all conditions (DDP allows one forward per backward)
         x = torch.cat([torch.cat([inp.noisy, c], dim=1) for c in conds], dim=0)
-        if x.is_cuda:  # the UNet is channels-last on CUDA (setup.prepare_unet)
-            x = x.contiguous(memory_format=torch.channels_last)
+        if getattr(unet, "module", unet).conv_in.weight.is_contiguous(memory_format=torch.channels_last):
+            x = x.contiguous(memory_format=torch.channels_last)  # as the UNet (setup.prepare_unet)
         added = None if inp.added is None else {k: v.repeat(n, *([1] * (v.dim() - 1))) for k, v in inp.added.items()}
         pred = unet(x, inp.timesteps.repeat(n), inp.embeds.repeat(n, 1, 1), added_cond_kwargs=added,
                     return_dict=False)[0].float()
