@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from relight_stream import cli as cli_mod
 from relight_stream.cli import ENTRY_POINTS, cli
 from relight_stream.cli_options import OFFLINE_VARS
+from relight_stream.train.setup import TrainOutOfMemory
 
 COMMANDS = ["filter", "generate", "verify", "cache-latents", "train", "infer", "bench", "build-engines", "demo"]
 
@@ -116,31 +117,21 @@ def test_bad_mix_flag():
     assert result.exit_code == 2 and "name=weight" in result.output
 
 
-def test_value_error_from_run_is_exit_2(monkeypatch):
+@pytest.mark.parametrize("command, error, code", [
+    (["generate", "/nowhere", "--out", "o"], ValueError("no inputs found under /nowhere"), 2),  # a bad run
+    (["train", "s.tar", "--out", "o"],  # an environment fault with advice (GPU memory): no traceback
+     TrainOutOfMemory("train: out of GPU memory in step 3 (...): --batch-size 4 with `grad_accum: 2`"), 1),
+])
+def test_errors_from_a_run_are_a_message_and_an_exit_code(monkeypatch, command, error, code):
     def fake_entry(cmd):
         def run(cfg, run):
-            raise ValueError("no inputs found under /nowhere")
+            raise error
 
         return run
 
     monkeypatch.setattr(cli_mod, "resolve_entry", fake_entry)
-    result = CliRunner().invoke(cli, ["generate", "/nowhere", "--out", "o"])
-    assert result.exit_code == 2 and "no inputs found under /nowhere" in result.output
-
-
-def test_train_out_of_memory_is_exit_1_with_the_advice(monkeypatch):
-    from relight_stream.train.setup import TrainOutOfMemory
-
-    def fake_entry(cmd):
-        def run(cfg, run):
-            raise TrainOutOfMemory("train: out of GPU memory in step 3 (...): --batch-size 4 with `grad_accum: 2`")
-
-        return run
-
-    monkeypatch.setattr(cli_mod, "resolve_entry", fake_entry)
-    result = CliRunner().invoke(cli, ["train", "s.tar", "--out", "o"])
-    assert result.exit_code == 1 and "--batch-size 4 with `grad_accum: 2`" in result.output
-    assert "Traceback" not in result.output
+    result = CliRunner().invoke(cli, command)
+    assert result.exit_code == code and str(error) in result.output and "Traceback" not in result.output
 
 
 def test_nonzero_code_is_propagated(monkeypatch):
