@@ -31,7 +31,8 @@ import numpy as np
 import torch
 
 from relight_stream.config import CacheLatentsConfig, RunConfig, dump_config
-from relight_stream.log import DropCounter, rank_world
+from relight_stream.log import DropCounter, rank_world, warn_once
+from relight_stream.pipeline.engine_batch import free_cuda_cache, is_oom
 from relight_stream.train.data import IMAGE_MEMBERS, decode_rgb, resolve_shards, shard_format, warn_if_upscaled
 from relight_stream.train.model import (
     TINY_FLAVORS,
@@ -41,6 +42,7 @@ from relight_stream.train.model import (
     pick_resolution,
     resolve_source,
 )
+from relight_stream.train.setup import TrainOutOfMemory
 from relight_stream.train.step import to_unit
 
 log = logging.getLogger(__name__)
@@ -139,6 +141,26 @@ def encode_batch(model: Any, items: list[dict[str, Any]], device: Any, autocast:
     return {k: v.float().cpu().numpy() for k, v in out.items()}
 
 
+def encode_halving(model: Any, items: list[dict[str, Any]], device: Any, autocast: bool) -> dict[str, np.ndarray]:
+    """:func:`encode_batch`, halving the batch on a GPU out-of-memory error (each sample is encoded on its own
+    terms, so the batch size changes no result beyond kernel-level rounding). One sample that still does not fit
+    raises :class:`~relight_stream.train.setup.TrainOutOfMemory` with what to change."""
+    try:
+        return encode_batch(model, items, device, autocast)
+    except Exception as exc:  # noqa: BLE001 - only an out-of-memory error is handled here
+        if not is_oom(exc):
+            raise
+        if len(items) == 1:
+            raise TrainOutOfMemory(f"cache-latents: one sample at this resolution does not fit in GPU memory "
+                                   f"({exc}); pass a smaller --resolution or use a larger GPU") from exc
+    free_cuda_cache()
+    half = len(items) // 2
+    warn_once(log, f"cache-latents: out of GPU memory at batch {len(items)}: encoding in halves of {half} "
+                   f"(pass --batch-size {half} to avoid the retries)")
+    first, second = (encode_halving(model, part, device, autocast) for part in (items[:half], items[half:]))
+    return {k: np.concatenate([first[k], second[k]]) for k in first}
+
+
 def run_cache_latents(cfg: CacheLatentsConfig, run: RunConfig) -> int:
     """Encode every input shard not yet done; returns 0 (1 when a shard failed).
 
@@ -191,7 +213,7 @@ def run_cache_latents(cfg: CacheLatentsConfig, run: RunConfig) -> int:
         try:
             with wds.TarWriter(str(tmp), mtime=0) as sink:
                 for items in _batches(url, cfg.batch_size, cfg.resolution, drops):
-                    arrays = encode_batch(model, items, device, autocast)
+                    arrays = encode_halving(model, items, device, autocast)
                     for i, it in enumerate(items):
                         sample = {name: arr[i].astype(np.float16) for name, arr in arrays.items()}
                         bad = [f"{n}.npy" for n, a in sample.items() if not np.isfinite(a).all()]
@@ -205,7 +227,10 @@ def run_cache_latents(cfg: CacheLatentsConfig, run: RunConfig) -> int:
                         n_shard += 1
             tmp.replace(final)
             _update_info(info_path, shard=(final.name, {"written": n_shard, **drops.take_shard()}))
-        except Exception:  # noqa: BLE001 - a failed shard is reported and left undone for a rerun
+        except Exception as exc:  # noqa: BLE001 - a failed shard is reported and left undone for a rerun
+            if isinstance(exc, TrainOutOfMemory):  # every later shard would fail the same way
+                tmp.unlink(missing_ok=True)
+                raise
             log.exception("cache-latents: shard %s failed", url)
             tmp.unlink(missing_ok=True)
             drops.take_shard()

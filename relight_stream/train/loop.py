@@ -47,6 +47,7 @@ import torch
 from relight_stream.config import RunConfig, TrainConfig, config_to_dict, dump_config
 from relight_stream.keys import sample_seed
 from relight_stream.log import rank_world
+from relight_stream.pipeline.engine_batch import is_oom
 from relight_stream.train import checkpoint as ckpt
 from relight_stream.train.data import (
     ShardStream,
@@ -266,7 +267,9 @@ def _train(cfg: TrainConfig, run: RunConfig, accelerator: Any, *, shards: list[s
                             loss, diff = loss_fn(s.unet, inp)
                         bad |= ~torch.isfinite(loss.detach())
                         accelerator.backward(loss / cfg.grad_accum)
-                except torch.OutOfMemoryError as exc:  # a clear way out instead of a CUDA traceback
+                except Exception as exc:  # noqa: BLE001 - out of memory: a clear way out instead of a traceback
+                    if not is_oom(exc):
+                        raise
                     raise TrainOutOfMemory(oom_advice(cfg, fmt=fmt, step=step + 1, world=world)) from exc
             grad_norm = accelerator.clip_grad_norm_(s.params, cfg.max_grad_norm)
             if cfg.mixed_precision != "fp16":  # under fp16 the grad scaler handles overflowing gradients itself
