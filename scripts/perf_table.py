@@ -72,8 +72,7 @@ def command(cfg: dict[str, Any], machine: dict[str, Any] | None = None) -> str:
         parts.append(f"--backend {cfg['backend']}")
     extra = {k: cfg[k] for k in ("precision", "batch_sizes", "repeats", "warmup") if k in cfg}
     defaults = {"precision": "fp32", "batch_sizes": [], "repeats": 5, "warmup": 1}
-    skip: set[str] = set()
-    overrides = [f"{k}={v}" for k, v in extra.items() if v != defaults[k] and k not in skip]
+    overrides = [f"{k}={v}" for k, v in extra.items() if v != defaults[k]]
     text = " ".join(parts)
     return text + (f"  # with config: {', '.join(overrides)}" if overrides else "")
 

@@ -51,10 +51,10 @@ import torch
 import yaml
 
 from relight_stream.bench.timing import machine_info
+from relight_stream.bench.train import TARGET_SPEEDUP
 from relight_stream.config import BenchConfig, RunConfig
 
 log = logging.getLogger(__name__)
-TARGET_SPEEDUP = 2.0
 
 
 def save_base_model(folder: Path, *, full_size: bool, sdxl: bool = False) -> Path:
@@ -209,13 +209,16 @@ def bench_example(cfg: BenchConfig, run: RunConfig) -> dict[str, Any]:
                                         "validate_every": 0, "text_dropout": 0.05, "image_dropout": 0.05}))
         rows = []
 
-        def example_at(k: int) -> tuple[float, float]:
-            out = work / "example-out"
-            cmd = _example_cmd(script, base, data, out, steps=k, res=res, bsz=bsz, mp=mp, workers=workers)
+        def trainer_run(cmd: list[str], out: Path, label: str) -> tuple[float, float]:
             try:
-                return timed(cmd, env=env, log_file=work / "example.log", label="the example script")
+                return timed(cmd, env=env, log_file=work / f"{out.name}.log", label=label)
             finally:
                 shutil.rmtree(out, ignore_errors=True)  # full size: GBs per run
+
+        def example_at(k: int) -> tuple[float, float]:
+            out = work / "example"
+            cmd = _example_cmd(script, base, data, out, steps=k, res=res, bsz=bsz, mp=mp, workers=workers)
+            return trainer_run(cmd, out, "the example script")
 
         rows.append(_steps_row(f"diffusers example script{' (SDXL)' if sdxl else ''} (images)", example_at, steps,
                                bsz=bsz, res=res, device=device, trainer="example", mode="images", compiled=False))
@@ -225,13 +228,10 @@ def bench_example(cfg: BenchConfig, run: RunConfig) -> dict[str, Any]:
         inputs_of = {"images": shards, "latents": [str(p) for p in sorted((work / "latents").glob("shard-*.tar"))]}
         for mode, comp in runs:
             def ours_at(k: int, inputs: list[str] = inputs_of[mode], comp: bool = comp) -> tuple[float, float]:
-                out = work / "ours-out"
+                out = work / "ours"
                 cmd = _ours_cmd(inputs, base, out, conf, steps=k, res=res, bsz=bsz, mp=mp, compile=comp,
                                 device=device)
-                try:
-                    return timed(cmd, env=env, log_file=work / "ours.log", label="relight-stream train")
-                finally:
-                    shutil.rmtree(out, ignore_errors=True)
+                return trainer_run(cmd, out, "relight-stream train")
 
             name = f"relight-stream train{' SDXL' if sdxl else ''} ({mode}{', compiled' if comp else ''})"
             try:

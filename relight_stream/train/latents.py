@@ -228,11 +228,10 @@ def run_cache_latents(cfg: CacheLatentsConfig, run: RunConfig) -> int:
             tmp.replace(final)
             _update_info(info_path, shard=(final.name, {"written": n_shard, **drops.take_shard()}))
         except Exception as exc:  # noqa: BLE001 - a failed shard is reported and left undone for a rerun
+            tmp.unlink(missing_ok=True)
             if isinstance(exc, TrainOutOfMemory):  # every later shard would fail the same way
-                tmp.unlink(missing_ok=True)
                 raise
             log.exception("cache-latents: shard %s failed", url)
-            tmp.unlink(missing_ok=True)
             drops.take_shard()
             failed += 1
     log.info("cache-latents: %d sample(s) written, drops %s, %d shard(s) failed", written, drops.as_dict(), failed)

@@ -154,7 +154,7 @@ def run_train(cfg: TrainConfig, run: RunConfig) -> int:
     from accelerate import Accelerator
 
     use_cpu = run.device == "cpu" or not torch.cuda.is_available()
-    for kind in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):  # what `accelerate launch --use_<kind>` sets
+    for kind in SHARDED_LAUNCHES:  # what `accelerate launch --use_<kind>` sets
         if os.environ.get(f"ACCELERATE_USE_{kind}", "false").lower() in ("true", "1"):
             refuse_sharding(kind)
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=use_cpu)
@@ -172,6 +172,11 @@ def run_train(cfg: TrainConfig, run: RunConfig) -> int:
             GradientState._reset_state()
 
 
+SHARDED_LAUNCHES = ("FSDP", "DEEPSPEED", "MEGATRON_LM")
+"""accelerate's ``DistributedType`` values (and ``ACCELERATE_USE_<value>`` variables) that :func:`refuse_sharding`
+refuses."""
+
+
 def refuse_sharding(distributed_type: Any) -> None:
     """Refuse FSDP, DeepSpeed and Megatron launches: data-parallel (DDP) only, for now.
 
@@ -181,10 +186,10 @@ def refuse_sharding(distributed_type: Any) -> None:
     would fail first on a missing package) and the built accelerator's type after.
     """
     kind = getattr(distributed_type, "value", str(distributed_type))
-    if kind in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
+    if kind in SHARDED_LAUNCHES:
         raise ValueError(f"train: {kind} launches are not supported yet; use DDP (`accelerate launch` without an "
-                         f"FSDP/DeepSpeed config, or `torchrun`): an SD1.5/SDXL UNet with its optimizer fits one "
-                         f"GPU (gradient checkpointing and bf16 help at 1024²)")
+                         f"FSDP/DeepSpeed config, or `torchrun`): a rank holds the whole UNet with its AdamW and "
+                         f"EMA state, about 17 GB for SD1.5 and 52 GB for SDXL before activations")
 
 
 def _train(cfg: TrainConfig, run: RunConfig, accelerator: Any, *, shards: list[str], fmt: str,
